@@ -1,0 +1,201 @@
+"""The training config tree (frozen, strict, one docstring per field) and load_config(path, overrides); knows no torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+DEFAULT_DATA = ("data/hh-rlhf-harmless/pairs.jsonl", "data/pandalm/pairs.jsonl")
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not validate; the message lists every problem with its dotted path."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class LoraConfig(Strict):
+    r: int = Field(16, ge=1)
+    """Rank of the LoRA update matrices."""
+    alpha: float = 32.0
+    """LoRA scaling numerator (the update is scaled by alpha / r)."""
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    """Dropout on the LoRA input."""
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    """Module names that get adapters, or 'all-linear' for every linear layer of the backbone."""
+
+
+class ModelConfig(Strict):
+    path: str = "minilm"
+    """Backbone: a hub id, a local directory, or an alias of a packaged offline backbone
+    ('minilm', 'smollm2-135m', and the random test models 'tiny-bert', 'tiny-llama')."""
+    finetune: Literal["full", "lora"] = "full"
+    """Train every weight, or a LoRA adapter plus the score head."""
+    lora: LoraConfig = LoraConfig()
+    """LoRA settings, used when finetune is 'lora'."""
+    pooling: Literal["auto", "last", "mean", "cls"] = "auto"
+    """Where the reward is read: 'last' attended token (decoders), 'cls' first token (encoders), 'mean' of attended
+    tokens; 'auto' picks 'cls' for encoders and 'last' for decoders."""
+    freeze_layers: int = Field(0, ge=0)
+    """Freeze the embeddings and the lowest N transformer layers (0 = freeze nothing)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about 30% more compute."""
+    trust_remote_code: bool = False
+    """Allow model code from the hub repository to run. Off unless you trust the repository."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) to load."""
+
+
+class DataConfig(Strict):
+    paths: list[str] = list(DEFAULT_DATA)
+    """Preference files (JSONL, JSON, CSV, Parquet) or datasets saved with save_to_disk; relative to the working
+    directory. The default is the vendored HH-RLHF harmless and PandaLM pairs."""
+    format: Literal["auto", "pairs", "hh", "ranked", "ab", "ratings"] = "auto"
+    """Row shape; 'auto' recognises each row by its keys."""
+    prompt_key: str = "prompt"
+    """Key of the prompt (or context) column."""
+    chosen_key: str = "chosen"
+    """Key of the preferred response column."""
+    rejected_key: str = "rejected"
+    """Key of the other response column."""
+    skip_bad: bool = False
+    """Skip malformed rows (and report how many) instead of stopping at the first one."""
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    """Share of prompts held out for validation (early stopping, normalisation statistics)."""
+    test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    """Share of prompts held out for the final test; split by a hash of the prompt."""
+    split_salt: str = "rmkit"
+    """Salt of the prompt hash; change it for a different deterministic split."""
+    balance_sources: bool = True
+    """Oversample smaller training files so that every file contributes equally per epoch; keeps one data set
+    (for example harmlessness) from dominating what the model learns."""
+    max_length: int = Field(256, ge=8)
+    """Tokens per (prompt, response) after rendering; the prompt is cut from the left, the response end is kept."""
+    max_train_pairs: int | None = None
+    """Use only the first N training pairs (after splitting and balancing), for quick runs."""
+
+
+class OptimConfig(Strict):
+    lr: float = Field(3e-5, gt=0.0)
+    """Peak learning rate of the backbone."""
+    head_lr: float | None = None
+    """Learning rate of the score head; defaults to lr."""
+    weight_decay: float = Field(0.0, ge=0.0)
+    """AdamW decoupled weight decay (not applied to biases and norms)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
+    """Share of optimiser steps with a linear warmup from 0."""
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    """Decay after warmup."""
+    max_grad_norm: float | None = 1.0
+    """Clip the global gradient norm to this value; null turns clipping off."""
+
+
+class TrainingConfig(Strict):
+    out_dir: str = "runs/default"
+    """Run directory: config.yaml, metrics.jsonl, checkpoints/, model/, eval.json."""
+    seed: int = 42
+    """Seed of weights, shuffling and dropout."""
+    batch_size: int = Field(16, ge=1)
+    """Pairs per micro-batch (each forward sees 2x this many sequences)."""
+    grad_accum: int = Field(1, ge=1)
+    """Micro-batches per optimiser step."""
+    epochs: float = Field(1.0, gt=0.0)
+    """Passes over the training pairs (fractions allowed)."""
+    max_steps: int | None = None
+    """Stop after this many optimiser steps, whatever 'epochs' says."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """Mixed precision through accelerate; 'auto' is bf16 on a GPU that supports it, fp32 on CPU (CPU bf16 is slow
+    without AVX-512)."""
+    length_grouping: bool = True
+    """Batch pairs of similar length together to cut padding (shuffled in groups, so still random)."""
+    center_coef: float = Field(0.0, ge=0.0)
+    """Weight of the reward-centering term mean((r_c + r_r)^2)."""
+    eval_every: int = Field(50, ge=1)
+    """Validate every N optimiser steps (and at the end)."""
+    save_every: int = Field(50, ge=1)
+    """Write a resumable checkpoint every N optimiser steps."""
+    early_stopping_patience: int | None = None
+    """Stop after N validations without a better validation accuracy; the best model is the one saved."""
+    log_every: int = Field(10, ge=1)
+    """Write a metrics.jsonl line every N optimiser steps."""
+    num_threads: int | None = None
+    """torch CPU threads; default: torch's choice."""
+    resume: bool = True
+    """Continue from the last checkpoint in out_dir when there is one."""
+
+
+class TrainConfig(Strict):
+    model: ModelConfig = ModelConfig()
+    """The backbone and how it is trained."""
+    data: DataConfig = DataConfig()
+    """Where the preference pairs come from and how they are split and cut."""
+    optim: OptimConfig = OptimConfig()
+    """Optimiser and schedule."""
+    train: TrainingConfig = TrainingConfig()
+    """Loop, precision, checkpoints and logging."""
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for key in parents:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted}: {key!r} is not a section")
+    node[leaf] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """`["optim.lr=1e-5", "data.paths=[a.jsonl]"]` → nested dict; values are read as YAML (1e-5 → float)."""
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not key=value (for example optim.lr=1e-5)")
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw else "")
+    return tree
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def build_config(raw: dict[str, Any], source: str = "config") -> TrainConfig:
+    """Validate a nested dict; every problem is reported at once, with dotted paths."""
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = [f"  {'.'.join(str(p) for p in err['loc'])}  {err['msg']}" for err in exc.errors()]
+        raise ConfigError(f"{source} is not a valid rmkit config:\n" + "\n".join(lines)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML config (or start from the defaults when path is None) and apply key=value overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: cannot read config: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: a config is a YAML mapping with sections model, data, optim, train")
+    raw = _merge(raw, parse_overrides(overrides or []))
+    return build_config(raw, source=str(path or "defaults"))
+
+
+def dump_config(cfg: TrainConfig) -> str:
+    """The resolved config as YAML, loadable again by load_config."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

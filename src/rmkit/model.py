@@ -1,0 +1,281 @@
+"""The reward model: backbone + scalar head, rewards() (THE readout), and the model directory with rmkit.json.
+
+Knows transformers and peft; knows nothing of data files, optimisers or HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from rmkit import __version__
+from rmkit.backbones import ENCODER_TYPES, resolve
+from rmkit.config import ModelConfig
+from rmkit.encoding import Template, default_template
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+CARD_FILE = "rmkit.json"
+Pooling = Literal["last", "mean", "cls"]
+
+
+class ModelCard(BaseModel):
+    """rmkit.json: what scoring needs besides the HF weights."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, use_attribute_docstrings=True)
+    format_version: int = FORMAT_VERSION
+    """Version of this file's layout."""
+    rmkit_version: str = __version__
+    """rmkit release that wrote the folder."""
+    backbone: str
+    """Backbone as the user named it (alias, hub id or path)."""
+    finetune: Literal["full", "lora"]
+    """'lora' folders hold a PEFT adapter plus the score head; 'full' folders a whole model."""
+    pooling: Pooling
+    """Where the reward is read from the last hidden states."""
+    template: Template
+    """'chat': the tokenizer's chat template; 'plain': rmkit's "Role: content" turns."""
+    add_special_tokens: bool
+    """Whether the tokenizer adds its own special tokens ([CLS]/[SEP], BOS) around the rendered text."""
+    max_length: int
+    """Longest token sequence; longer texts lose tokens from the left."""
+    reward_mean: float = 0.0
+    """Mean reward over the validation split (chosen and rejected together)."""
+    reward_std: float = 1.0
+    """Unbiased std of those rewards."""
+    temperature: float = 1.0
+    """Calibration temperature T of P(A preferred) = σ((r_A − r_B) / T)."""
+
+
+def read_card(model_dir: str | Path) -> ModelCard:
+    path = Path(model_dir) / CARD_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{model_dir} has no {CARD_FILE}: it is not an rmkit model directory (train one with `rmkit train`)")
+    card = ModelCard.model_validate_json(path.read_text())
+    if card.format_version > FORMAT_VERSION:
+        raise ValueError(f"{path} has format_version {card.format_version}; this rmkit reads up to {FORMAT_VERSION}: upgrade rmkit")
+    return card
+
+
+def is_encoder(config: Any) -> bool:
+    return config.model_type in ENCODER_TYPES
+
+
+def last_attended_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last 1 in each row of an (N, T) mask, any padding side: [[1,1,0],[0,1,1]] → [1, 2]."""
+    return attention_mask.size(1) - 1 - attention_mask.long().flip(1).argmax(1)  # argmax: first maximum
+
+
+def right_padded(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move each row's attended tokens to the front: [[0, 0, 1, 1]] → [[1, 1, 0, 0]] (ids follow the mask)."""
+    order = torch.argsort(1 - attention_mask.long(), dim=1, stable=True)  # attended positions first, order kept
+    return input_ids.gather(1, order), attention_mask.gather(1, order)
+
+
+def _hf(model: nn.Module) -> nn.Module:
+    """The transformers *ForSequenceClassification module inside PEFT or DDP wrappers."""
+    inner = getattr(model, "module", model)
+    return inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+
+
+def head(hf: nn.Module) -> nn.Module:
+    for name in ("score", "classifier"):
+        if isinstance(getattr(hf, name, None), nn.Module):
+            return getattr(hf, name)
+    raise ValueError(f"{type(hf).__name__} has neither a 'score' nor a 'classifier' head")
+
+
+def rewards(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
+    """THE reward readout: (N, T) ids and mask → (N,) rewards. Every path that reads a reward calls this.
+
+    'last' reads the last attended token found from the mask (never from pad ids: SmolLM2 pads with its EOS), so
+    left and right padding agree; position ids come from the mask for the same reason. 'cls' is the HF encoder
+    head as is (pooler + classifier on token 0). 'mean' averages the attended hidden states.
+    """
+    hf = _hf(model)
+    if pooling == "cls" and not bool(attention_mask[:, 0].all()):
+        input_ids, attention_mask = right_padded(input_ids, attention_mask)  # token 0 must be the real first token
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (N, T)
+    if pooling == "cls":
+        return hf(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits[:, 0]
+    backbone = getattr(hf, hf.base_model_prefix)
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
+    if pooling == "last":
+        rows = torch.arange(hidden.size(0), device=hidden.device)
+        pooled = hidden[rows, last_attended_index(attention_mask)]  # (N, H)
+    else:
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (N, T, 1)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)  # (N, H)
+    return head(hf)(pooled.to(head(hf).weight.dtype))[:, 0]
+
+
+class RewardModel(nn.Module):
+    """nn.Module face of `rewards`, so DDP/accelerate wrap one forward that returns (N,) rewards."""
+
+    def __init__(self, hf: nn.Module, pooling: Pooling):
+        super().__init__()
+        self.hf = hf
+        self.pooling = pooling
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return rewards(self.hf, input_ids, attention_mask, self.pooling)
+
+
+def distinct_pad(tokenizer: Any) -> None:
+    """Give the tokenizer a pad token that is not its EOS when the vocabulary has one.
+
+    rmkit reads rewards from the mask, but HF's *ForSequenceClassification (and TRL) read the last token that is not
+    pad_token_id; with pad == eos that lands one token early on text ending in EOS. A distinct pad makes a saved
+    folder score the same under plain transformers.
+    """
+    eos = tokenizer.eos_token
+    if tokenizer.pad_token is not None and tokenizer.pad_token != eos:
+        return
+    for candidate in (tokenizer.unk_token, "<|endoftext|>", "<|finetune_right_pad_id|>", "<pad>", tokenizer.bos_token):
+        if candidate and candidate != eos and candidate in tokenizer.get_vocab():
+            tokenizer.pad_token = candidate
+            return
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = eos
+    log.warning("tokenizer has no pad token distinct from EOS; rmkit scores are right, plain HF pooling may not be")
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False, revision: str | None = None) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, revision=revision)
+    distinct_pad(tokenizer)
+    return tokenizer
+
+
+def _layers(hf: nn.Module) -> nn.ModuleList:
+    n = hf.config.num_hidden_layers
+    for module in getattr(hf, hf.base_model_prefix).modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n:
+            return module
+    raise ValueError(f"cannot find the {n} transformer layers of {type(hf).__name__} to freeze")
+
+
+def freeze_lower_layers(hf: nn.Module, n: int) -> None:
+    """Freeze the input embeddings and the lowest n layers."""
+    if n <= 0:
+        return
+    layers = _layers(hf)
+    if n > len(layers):
+        raise ValueError(f"model.freeze_layers={n}, but the backbone has only {len(layers)} layers")
+    for module in (hf.get_input_embeddings(), *layers[:n]):
+        module.requires_grad_(False)
+
+
+def load_for_training(cfg: ModelConfig, max_length: int) -> tuple[RewardModel, Any, ModelCard]:
+    """Backbone + fresh scalar head (or LoRA adapter + head), its tokenizer, and the card it will be saved with."""
+    from transformers import AutoModelForSequenceClassification
+
+    path = resolve(cfg.path)
+    tokenizer = load_tokenizer(path, cfg.trust_remote_code, cfg.revision)
+    hf = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=1, dtype=torch.float32, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision
+    )
+    hf.config.pad_token_id = tokenizer.pad_token_id
+    encoder = is_encoder(hf.config)
+    pooling = cfg.pooling if cfg.pooling != "auto" else ("cls" if encoder else "last")
+    if pooling == "cls" and not encoder:
+        raise ValueError(f"model.pooling='cls' reads token 0, which a decoder ({hf.config.model_type}) has not attended yet; use 'last'")
+    freeze_lower_layers(hf, cfg.freeze_layers)
+    if cfg.gradient_checkpointing:
+        hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.finetune == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        head_name = "score" if hasattr(hf, "score") else "classifier"
+        lora = LoraConfig(
+            task_type="SEQ_CLS", r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+            target_modules=cfg.lora.target_modules, modules_to_save=[head_name],
+        )
+        hf = get_peft_model(hf, lora)
+    template = default_template(tokenizer)
+    card = ModelCard(
+        backbone=cfg.path, finetune=cfg.finetune, pooling=pooling, template=template,
+        add_special_tokens=template == "plain", max_length=max_length,
+    )
+    return RewardModel(hf, pooling), tokenizer, card
+
+
+def _atomic_dir(target: Path):
+    """A temp folder beside target; `commit(tmp)` swaps it in so readers never see a half-written folder."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+
+    def commit() -> None:
+        old = target.with_name(f".{target.name}-old")
+        shutil.rmtree(old, ignore_errors=True)
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+
+    return tmp, commit
+
+
+def save_model(model: nn.Module, tokenizer: Any, card: ModelCard, out_dir: str | Path) -> Path:
+    """Write an rmkit model directory atomically: HF weights (or adapter + head), tokenizer, rmkit.json.
+
+    The config also carries OpenRLHF's `mean`/`std` keys, so its reward server can normalise with them.
+    """
+    out = Path(out_dir)
+    tmp, commit = _atomic_dir(out)
+    try:
+        inner = model.hf if isinstance(model, RewardModel) else model
+        inner = getattr(inner, "module", inner)
+        hf = _hf(inner)
+        hf.config.pad_token_id = tokenizer.pad_token_id
+        hf.config.mean, hf.config.std = card.reward_mean, card.reward_std
+        inner.save_pretrained(tmp)  # LoRA: adapter + head only; transformers finds the base through adapter_config
+        tokenizer.save_pretrained(tmp)
+        (tmp / CARD_FILE).write_text(card.model_dump_json(indent=2) + "\n")
+        commit()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def load_model(model_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """(RewardModel in eval mode, tokenizer, card) from an rmkit model directory, full or LoRA."""
+    from transformers import AutoModelForSequenceClassification
+
+    model_dir = Path(model_dir)
+    card = read_card(model_dir)
+    tokenizer = load_tokenizer(str(model_dir))
+    adapter = model_dir / "adapter_config.json"
+    if adapter.exists():
+        from peft import PeftModel
+
+        base = json.loads(adapter.read_text())["base_model_name_or_path"]
+        if not Path(base).exists():
+            base = resolve(card.backbone)  # the folder moved to another machine: rebuild the alias there
+        hf = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, dtype=dtype)
+        hf.config.pad_token_id = tokenizer.pad_token_id
+        hf = PeftModel.from_pretrained(hf, model_dir)
+    else:
+        hf = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=dtype)
+    model = RewardModel(hf, card.pooling).to(device).eval()
+    return model, tokenizer, card
+
+
+def merge_lora(model_dir: str | Path, out_dir: str | Path) -> Path:
+    """Fold a LoRA adapter (and its head) into the backbone: a plain HF folder that scores the same."""
+    model, tokenizer, card = load_model(model_dir)
+    if card.finetune != "lora":
+        raise ValueError(f"{model_dir} is a full fine-tune (finetune='full' in {CARD_FILE}); there is no adapter to merge")
+    merged = model.hf.merge_and_unload()
+    return save_model(RewardModel(merged, card.pooling), tokenizer, card.model_copy(update={"finetune": "full"}), out_dir)

@@ -1,0 +1,136 @@
+"""Scorer: batch scoring of (prompt, response) pairs or rendered text, sorted by length, batched by a token budget,
+order restored, under torch.inference_mode(). Knows the model directory; knows nothing of HTTP or shaping."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from rmkit.encoding import Encoder, pad_sequences, render, token_budget_batches
+from rmkit.model import ModelCard, RewardModel, load_model
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class Scorer:
+    """Rewards from a reward model, many texts at a time.
+
+    Args:
+        model: the reward model (eval mode is set here).
+        tokenizer: its tokenizer.
+        card: its rmkit.json (template, pooling, max_length, normalisation stats).
+        max_tokens: padded tokens per forward (rows × longest row); bounds memory, sets throughput.
+        max_batch: most rows per forward.
+    """
+
+    def __init__(self, model: RewardModel, tokenizer: Any, card: ModelCard, name: str = "rmkit",
+                 max_tokens: int = 8192, max_batch: int = 128, progress: bool = False):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.card = card
+        self.name = name
+        self.max_tokens = max_tokens
+        self.max_batch = max_batch
+        self.progress = progress
+        self.encoder = Encoder(tokenizer, card.max_length, card.add_special_tokens)
+        self.device = next(model.parameters()).device
+
+    @classmethod
+    def load(cls, model_dir: str | Path, device: str = "auto", dtype: torch.dtype = torch.float32, **kwargs: Any) -> Scorer:
+        model, tokenizer, card = load_model(model_dir, pick_device(device), dtype)
+        return cls(model, tokenizer, card, name=Path(model_dir).resolve().name, **kwargs)
+
+    def render(self, prompt: str | Sequence[dict], response: str | Sequence[dict]) -> str:
+        return render(prompt, response, self.tokenizer, self.card.template)
+
+    def score(self, prompts: Sequence[Any], responses: Sequence[Any]) -> list[float]:
+        """Rewards of (prompt, response) pairs; prompts and responses are text or chat message lists."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        return self.score_texts([self.render(p, r) for p, r in zip(prompts, responses)])
+
+    def score_texts(self, texts: Sequence[str]) -> list[float]:
+        """Rewards of text that is already rendered (for example a policy's decoded prompt + completion)."""
+        return self.score_ids(self.encoder.encode(texts)) if texts else []
+
+    def score_ids(self, ids: Sequence[Sequence[int]]) -> list[float]:
+        """Rewards of token id lists: longest first, batched by the token budget, answered in input order."""
+        out = np.empty(len(ids), dtype=np.float64)
+        batches = token_budget_batches([len(s) for s in ids], self.max_tokens, self.max_batch)
+        pad = self.tokenizer.pad_token_id
+        with torch.inference_mode():
+            for batch in tqdm(batches, desc="scoring", unit="batch", disable=not self.progress):
+                input_ids, mask = pad_sequences([ids[i] for i in batch], pad)
+                rewards = self.model(input_ids.to(self.device), mask.to(self.device))  # (b,)
+                out[batch] = rewards.float().cpu().numpy()
+        return out.tolist()
+
+    def score_pairs(self, pairs: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+        """(chosen rewards, rejected rewards) of PreferencePairs, in one scoring pass."""
+        texts = [self.render(p.prompt, side) for p in pairs for side in (p.chosen, p.rejected)]
+        scores = np.asarray(self.score_texts(texts))
+        return scores[0::2], scores[1::2]
+
+
+def split_row(row: dict[str, Any], origin: str) -> tuple[Any, Any]:
+    """(prompt, response) of a row to score: `prompt` + `response`, or chat `messages` ending in the assistant turn."""
+    if "messages" in row:
+        messages = row["messages"]
+        if not isinstance(messages, list) or not messages or messages[-1].get("role") != "assistant":
+            raise ValueError(f"{origin}: 'messages' must be a non-empty list ending with an assistant message")
+        return messages[:-1], messages[-1:]
+    if "prompt" in row and "response" in row:
+        return row["prompt"], row["response"]
+    raise ValueError(f"{origin}: a row to score needs 'prompt' and 'response', or chat 'messages' (found: {', '.join(sorted(row))})")
+
+
+def compare(scorer: Scorer, prompt: Any, responses: Sequence[Any]) -> dict[str, Any]:
+    """Scores of several responses to one prompt and P(first preferred over each other) = σ((r_0 − r_i) / T)."""
+    from rmkit.metrics import bt_probability
+
+    scores = scorer.score([prompt] * len(responses), list(responses))
+    probs = [float(bt_probability(np.array([scores[0] - s]), scorer.card.temperature)[0]) for s in scores[1:]]
+    return {"scores": scores, "p_first_preferred": probs, "temperature": scorer.card.temperature}
+
+
+def score_file(model_dir: str | Path, input_path: str | Path, output_path: str | Path, batch_tokens: int = 8192) -> int:
+    """Copy a JSONL file of rows, adding `reward` to each; returns the row count. The output is written atomically."""
+    import json
+    import os
+    import tempfile
+
+    input_path, output_path = Path(input_path), Path(output_path)
+    rows, prompts, responses = [], [], []
+    with input_path.open() as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{input_path}:{lineno}: not JSON ({exc.msg})") from None
+            prompt, response = split_row(row, f"{input_path}:{lineno}")
+            rows.append(row)
+            prompts.append(prompt)
+            responses.append(response)
+    scorer = Scorer.load(model_dir, max_tokens=batch_tokens, progress=True)
+    rewards = scorer.score(prompts, responses)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{output_path.name}-", dir=output_path.parent)
+    with os.fdopen(fd, "w") as out:
+        for row, reward in zip(rows, rewards):
+            out.write(json.dumps({**row, "reward": reward}) + "\n")
+    os.replace(tmp, output_path)
+    return len(rows)
