@@ -23,7 +23,7 @@ def make_model_dir(root: Path, backbone: str, finetune: str = "full", seed: int 
     model, tokenizer, card = load_for_training(ModelConfig(path=backbone, finetune=finetune), max_length=128)
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if "lora_B" in name or "score" in name or "classifier" in name:
+            if any(k in name for k in ("lora_B", "score", "classifier", "pooler")):
                 param.normal_(0, 0.5)  # a head and adapter that visibly change scores
     return save_model(model, tokenizer, card.model_copy(update=card_updates), root / f"{backbone}-{finetune}-{seed}")
 

@@ -77,6 +77,8 @@ class Encoder:
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text, at most max_length long."""
+        if not texts:
+            return []
         prefix, suffix = self.affixes
         budget = self.max_length - len(prefix) - len(suffix)
         if budget < 1:

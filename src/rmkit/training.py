@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from rmkit import checkpoint, metrics
+from rmkit.calibration import calibrate
 from rmkit.config import DataConfig, OptimConfig, TrainConfig, dump_config
 from rmkit.data import PreferencePair, read_pairs, split_by_prompt
 from rmkit.encoding import EncodedPair, Encoder, collate, encode_pairs, length_grouped_batches
@@ -116,7 +117,9 @@ def train(cfg: TrainConfig) -> Path:
     """Train a reward model as `cfg` says; returns the run directory (model/ inside is the trained model)."""
     tc = cfg.train
     out = Path(tc.out_dir)
-    accelerator = Accelerator(mixed_precision=_mixed_precision(tc.precision))
+    # cpu=True lets a plain `torchrun` on a CPU machine form a gloo process group (accelerate needs the hint)
+    on_cpu = not (torch.cuda.is_available() or torch.backends.mps.is_available())
+    accelerator = Accelerator(mixed_precision=_mixed_precision(tc.precision), cpu=on_cpu)
     main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
@@ -255,6 +258,8 @@ def train(cfg: TrainConfig) -> Path:
         report = {"stopped_early": stopped_early, "best_step": state.get("best_step"),
                   "dropped_identical_after_truncation": {"train": dropped, "val": val_dropped}}
         scorer = Scorer.load(out / "model", device=str(accelerator.device))
+        if splits["val"]:
+            report["calibration"] = calibrate(out / "model", splits["val"], scorer=scorer)  # T into rmkit.json
         for name in ("val", "test"):
             if splits[name]:
                 report[name] = evaluate(scorer, splits[name])

@@ -1,0 +1,104 @@
+from types import SimpleNamespace
+
+import pytest
+
+from rmkit.encoding import (
+    Encoder,
+    collate,
+    encode_pairs,
+    length_grouped_batches,
+    pad_sequences,
+    render,
+    to_messages,
+    token_budget_batches,
+)
+from rmkit.model import load_tokenizer
+
+
+@pytest.fixture(scope="module")
+def llama_tok(llama_dir):
+    return load_tokenizer(str(llama_dir))
+
+
+@pytest.fixture(scope="module")
+def bert_tok(bert_dir):
+    return load_tokenizer(str(bert_dir))
+
+
+def test_hh_transcript_becomes_chat_turns():
+    text = "\n\nHuman: Hi\n\nAssistant: Hello\n\nHuman: Why?\n\nAssistant:"
+    assert to_messages(text) == [
+        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Why?"},
+    ]
+
+
+def test_plain_render_writes_role_turns(bert_tok):
+    assert render("Name a prime.", " 7", bert_tok, "plain") == "User: Name a prime.\n\nAssistant: 7"
+
+
+def test_chat_render_uses_the_tokenizer_template(llama_tok):
+    text = render([{"role": "user", "content": "Hi"}], "Yo", llama_tok, "chat")
+    assert text.endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nYo<|im_end|>\n")
+
+
+def test_hh_string_and_message_prompts_render_the_same(llama_tok):
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hey"}, {"role": "user", "content": "Ok?"}]
+    hh = "\n\nHuman: Hi\n\nAssistant: Hey\n\nHuman: Ok?\n\nAssistant:"
+    assert render(hh, " Sure", llama_tok, "chat") == render(messages, "Sure", llama_tok, "chat")
+
+
+def test_truncation_cuts_the_prompt_from_the_left_and_keeps_specials(bert_tok):
+    enc = Encoder(bert_tok, max_length=8, add_special_tokens=True)
+    ids = enc.encode(["one two three four five six seven eight nine ten"])[0]
+    assert len(ids) == 8
+    assert ids[0] == bert_tok.cls_token_id and ids[-1] == bert_tok.sep_token_id
+    assert bert_tok.decode(ids[1:-1]) == "five six seven eight nine ten"
+
+
+def test_pairs_identical_after_truncation_are_dropped_and_counted(bert_tok):
+    pairs = [
+        SimpleNamespace(prompt="long shared prompt " * 20, chosen="a b c same end", rejected="x y z same end", margin=None),
+        SimpleNamespace(prompt="p", chosen="good", rejected="bad", margin=None),
+    ]
+    encoded, dropped = encode_pairs(pairs, Encoder(bert_tok, 4, True), "plain")  # [CLS] same end [SEP]
+    assert dropped == 1 and [p.index for p in encoded] == [1]
+
+
+def test_collate_puts_chosen_rows_before_rejected_rows():
+    from rmkit.encoding import EncodedPair
+
+    batch = collate([EncodedPair([1, 2], [3], 0.5, 0), EncodedPair([4], [5, 6, 7], None, 1)], pad_id=0)
+    assert batch.input_ids.tolist() == [[1, 2, 0], [4, 0, 0], [3, 0, 0], [5, 6, 7]]
+    assert batch.attention_mask.tolist() == [[1, 1, 0], [1, 0, 0], [1, 0, 0], [1, 1, 1]]
+    assert batch.margin.tolist() == [0.5, 0.0]
+
+
+def test_left_padding_aligns_tokens_to_the_right():
+    ids, mask = pad_sequences([[5, 6], [7]], pad_id=0, side="left")
+    assert ids.tolist() == [[5, 6], [0, 7]] and mask.tolist() == [[1, 1], [0, 1]]
+
+
+def test_length_grouped_batches_are_deterministic_and_cover_every_index():
+    lengths = [(i * 37) % 101 for i in range(200)]
+    a = length_grouped_batches(lengths, 8, seed=3)
+    assert a == length_grouped_batches(lengths, 8, seed=3)
+    assert a != length_grouped_batches(lengths, 8, seed=4)
+    assert sorted(i for b in a for i in b) == list(range(200))
+
+
+def test_length_grouping_cuts_padding():
+    lengths = [(i * 37) % 101 + 1 for i in range(400)]
+
+    def padded(batches):
+        return sum(len(b) * max(lengths[i] for i in b) for b in batches)
+
+    grouped = padded(length_grouped_batches(lengths, 8, seed=0, group=True))
+    random_order = padded(length_grouped_batches(lengths, 8, seed=0, group=False))
+    assert grouped < 0.7 * random_order
+
+
+def test_token_budget_batches_respect_the_budget():
+    lengths = [10, 50, 20, 40, 30, 5]
+    batches = token_budget_batches(lengths, max_tokens=100, max_batch=8)
+    assert sorted(i for b in batches for i in b) == list(range(6))
+    assert all(len(b) * max(lengths[i] for i in b) <= 100 or len(b) == 1 for b in batches)

@@ -1,0 +1,144 @@
+"""Training loop: it learns, every weight moves, resume after SIGKILL is exact, NaN stops cleanly, DDP matches."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rmkit.backbones import resolve
+from rmkit.config import load_config
+from rmkit.training import TrainingError, train
+
+PAIRS = [
+    {"prompt": f"Question {i}: is {i} even?", "chosen": "Yes, it is." if i % 2 == 0 else "No, it is odd.",
+     "rejected": "I refuse to answer." if i % 3 else "banana banana banana"}
+    for i in range(16)
+]
+
+
+@pytest.fixture()
+def pairs_file(tmp_path) -> Path:
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
+    return path
+
+
+def config(pairs_file: Path, out: Path, *extra: str):
+    return load_config(None, [
+        f"data.paths=[{pairs_file}]", "data.val_fraction=0", "data.test_fraction=0", "data.max_length=64",
+        "model.path=tiny-llama", f"train.out_dir={out}", "train.batch_size=4", "train.log_every=1",
+        "train.eval_every=1000", "train.save_every=1000", "optim.warmup_ratio=0", *extra,
+    ])
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    name = "adapter_model.safetensors" if (run / "model" / "adapter_model.safetensors").exists() else "model.safetensors"
+    return load_file(run / "model" / name)
+
+
+def test_training_overfits_sixteen_pairs_and_moves_every_weight(pairs_file, tmp_path):
+    from rmkit.evaluation import evaluate
+    from rmkit.model import load_for_training
+    from rmkit.scoring import Scorer
+
+    cfg = config(pairs_file, tmp_path / "run", "train.epochs=12", "optim.lr=3e-3", "optim.schedule=constant")
+    before, _, _ = load_for_training(cfg.model, 64)
+    run = train(cfg)
+    from rmkit.data import read_pairs
+
+    report = evaluate(Scorer.load(run / "model"), read_pairs(pairs_file))
+    assert report["accuracy"] == 1.0
+    after = weights(run)
+    for name, param in before.hf.named_parameters():
+        assert not torch.equal(param.detach(), after[name]), f"Parameter {name} has not changed."
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    assert (run / "config.yaml").exists() and (run / "eval.json").exists()
+
+
+_CHILD = textwrap.dedent("""
+    import os, signal, sys
+    from rmkit import checkpoint
+    from rmkit.backbones import resolve
+from rmkit.config import load_config
+    from rmkit.training import train
+    kill_at, where = int(sys.argv[1]), sys.argv[2]
+    commit, save = checkpoint.commit_checkpoint, checkpoint.save_checkpoint
+    def commit_then_die(root, step, keep=1):
+        out = commit(root, step, keep)
+        if where == "after_commit" and step == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return out
+    def die_mid_save(root, step, *a, **k):
+        out = save(root, step, *a, **k)
+        if where == "mid_save" and step == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)  # the temp folder is written, never renamed into place
+        return out
+    checkpoint.commit_checkpoint, checkpoint.save_checkpoint = commit_then_die, die_mid_save
+    train(load_config(None, sys.argv[3:]))
+""")
+
+
+@pytest.mark.parametrize("where", ["after_commit", "mid_save"])
+def test_run_killed_with_sigkill_resumes_to_the_same_weights(pairs_file, tmp_path, where):
+    """LoRA (its dropout draws random numbers, so the RNG state must come back too), killed at step 4 of 8."""
+    overrides = ["model.finetune=lora", "train.max_steps=8", "train.save_every=2", "optim.lr=1e-2"]
+    reference = train(config(pairs_file, tmp_path / "straight", *overrides))
+
+    out = tmp_path / "killed"
+    args = [f"{k}" for k in config_overrides(pairs_file, out, *overrides)]
+    killed = subprocess.run([sys.executable, "-c", _CHILD, "4", where, *args], capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert not (out / "model").exists()
+    expected_resume = "step-4" if where == "after_commit" else "step-2"
+    assert (out / "checkpoints" / "latest").read_text() == expected_resume
+
+    resumed = train(config(pairs_file, out, *overrides))
+    ref, res = weights(reference), weights(resumed)
+    assert ref.keys() == res.keys()
+    for name in ref:
+        assert torch.equal(ref[name], res[name]), f"{name} differs after resume"
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows if r["split"] == "train"]
+    assert steps == sorted(steps) and len(steps) == len(set(steps)) == 8  # no duplicated or lost log lines
+
+
+def config_overrides(pairs_file: Path, out: Path, *extra: str) -> list[str]:
+    return [f"data.paths=[{pairs_file}]", "data.val_fraction=0", "data.test_fraction=0", "data.max_length=64",
+            "model.path=tiny-llama", f"train.out_dir={out}", "train.batch_size=4", "train.log_every=1",
+            "train.eval_every=1000", "optim.warmup_ratio=0", *extra]
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(pairs_file, tmp_path):
+    cfg = config(pairs_file, tmp_path / "run", "train.max_steps=6", "train.save_every=2", "optim.max_grad_norm=null",
+                 "optim.lr=1e30", "optim.schedule=constant")
+    with pytest.raises(TrainingError, match="training diverged"):
+        train(cfg)
+    assert (tmp_path / "run" / "checkpoints" / "latest").exists() or not list((tmp_path / "run").glob("model"))
+
+
+def test_two_process_ddp_matches_one_process_with_the_same_global_batch(pairs_file, tmp_path):
+    single = train(config(pairs_file, tmp_path / "one", "train.batch_size=8", "train.max_steps=4", "optim.lr=1e-2"))
+    script = tmp_path / "ddp.py"
+    script.write_text("import sys\nfrom rmkit.config import load_config\nfrom rmkit.training import train\n"
+                      "train(load_config(None, sys.argv[1:]))\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    overrides = config_overrides(pairs_file, tmp_path / "two", "train.batch_size=4", "train.max_steps=4",
+                                 "optim.lr=1e-2", "train.save_every=1000")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531",
+                           str(script), *overrides], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = weights(single), weights(tmp_path / "two")
+    start = load_file(Path(resolve("tiny-llama")) / "model.safetensors")
+    for name in a:  # equal up to float summation order, which Adam amplifies for near-zero gradients
+        torch.testing.assert_close(a[name], b[name], atol=1e-4, rtol=1e-3, msg=f"{name} differs between 1 and 2 processes")
+    moved = max((a[n] - start[n]).abs().max().item() for n in a)
+    assert moved > 100 * max((a[n] - b[n]).abs().max().item() for n in a)  # training moved far more than they differ
