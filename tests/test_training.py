@@ -67,8 +67,7 @@ def test_training_overfits_sixteen_pairs_and_moves_every_weight(pairs_file, tmp_
 _CHILD = textwrap.dedent("""
     import os, signal, sys
     from rmkit import checkpoint
-    from rmkit.backbones import resolve
-from rmkit.config import load_config
+    from rmkit.config import load_config
     from rmkit.training import train
     kill_at, where = int(sys.argv[1]), sys.argv[2]
     commit, save = checkpoint.commit_checkpoint, checkpoint.save_checkpoint

@@ -2,21 +2,24 @@
 
 Formats (PROTOCOLS.md §1): TRL prompt/chosen/rejected in its four variants with configurable keys (`pairs`), HH-RLHF
 transcripts (`hh`), NeMo RL ranked completions (`ranked`), A/B with a label (`ab`) and scalar ratings (`ratings`).
-Containers: .jsonl, .json, .csv, .parquet, a `datasets` save_to_disk folder, a `datasets.Dataset` or a list of dicts.
+Containers (.jsonl, .json, .csv, .parquet, a `datasets` save_to_disk folder or object, a list of dicts) are read by
+`rmkit.rows`; `read_rows` and `DataError` are re-exported from there.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
+
+from rmkit.rows import DataError, rows_or_errors, short_repr
+from rmkit.rows import read_rows as read_rows  # re-exported: callers import it from here
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +29,6 @@ Format = Literal["auto", "pairs", "hh", "ranked", "ab", "ratings"]
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 HH_MARKER = "\n\nAssistant:"
-SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 HELPSTEER_SCORE = "helpfulness"  # HelpSteer2 rows carry five 0–4 ratings; helpfulness is the overall one
 SHAPES = {  # format → the keys that identify it (defaults shown), for error messages
     "pairs": "prompt (optional), chosen, rejected, margin (optional)",
@@ -35,10 +37,6 @@ SHAPES = {  # format → the keys that identify it (defaults shown), for error m
     "ab": "prompt, response_A, response_B, preferred ('A' or 'B')",
     "ratings": f"prompt, response, score (or HelpSteer2's {HELPSTEER_SCORE}, correctness, ...)",
 }
-
-
-class DataError(ValueError):
-    """Bad input data; the message starts with "<file>:<line>: " (or "<file>: " for whole-file problems)."""
 
 
 def _text_key(text: Text) -> str:
@@ -86,10 +84,6 @@ class _RowError(Exception):
         self.what, self.fix = what, fix
 
 
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
 
 def _get(row: dict, key: str, hint: str) -> Any:
     if key not in row:
@@ -104,7 +98,7 @@ def _number(value: Any, field: str) -> float:
         except ValueError:
             pass
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _RowError(f"{field!r} is {_show(value)}, not a number", f"Give {field!r} a finite number.")
+        raise _RowError(f"{field!r} is {short_repr(value)}, not a number", f"Give {field!r} a finite number.")
     if not math.isfinite(value):
         raise _RowError(f"{field!r} is {value}", f"Give {field!r} a finite number.")
     return float(value)
@@ -112,7 +106,8 @@ def _number(value: Any, field: str) -> float:
 
 def _message(m: Any, field: str, answer: bool) -> Message:
     if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-        raise _RowError(f"{field} is {_show(m)}, not a message", 'Each message must be {"role": str, "content": str}.')
+        raise _RowError(f"{field} is {short_repr(m)}, not a message",
+                        'Each message must be {"role": str, "content": str}.')
     if m["role"] not in ROLES:
         raise _RowError(f"{field} has role {m['role']!r}", f"Use one of the roles {', '.join(ROLES)}.")
     if not answer and not m["content"].strip():
@@ -130,7 +125,7 @@ def _text(value: Any, field: str, answer: bool = False) -> Text:
         if not value:
             raise _RowError(f"{field!r} is an empty message list", f"Give {field!r} at least one message.")
         return [_message(m, f"{field!r}[{i}]", answer) for i, m in enumerate(value)]
-    raise _RowError(f"{field!r} is {type(value).__name__} {_show(value)}",
+    raise _RowError(f"{field!r} is {type(value).__name__} {short_repr(value)}",
                     f"Give {field!r} a string or a list of chat messages.")
 
 
@@ -223,11 +218,11 @@ def _read_ranked_row(row: dict, k: _Keys, meta: dict) -> list[PreferencePair]:
     hint = 'A ranked row needs "context" and "completions": [{"rank": int, "completion": ...}, ...].'
     context, completions = _get(row, "context", hint), _get(row, "completions", hint)
     if not isinstance(completions, list) or len(completions) < 2:
-        raise _RowError(f"'completions' is {_show(completions)}, not a list of 2 or more", hint)
+        raise _RowError(f"'completions' is {short_repr(completions)}, not a list of 2 or more", hint)
     ranked = []
     for i, c in enumerate(completions):
         if not isinstance(c, dict) or "rank" not in c or "completion" not in c:
-            raise _RowError(f"completions[{i}] is {_show(c)}", hint)
+            raise _RowError(f"completions[{i}] is {short_repr(c)}", hint)
         ranked.append((_number(c["rank"], f"completions[{i}].rank"), c["completion"], f"completions[{i}].completion"))
     pairs = [_pair(context, a, b, ("context", na, nb), **meta)
              for ra, a, na in ranked for rb, b, nb in ranked if ra < rb]  # lower rank wins; equal ranks: no pair
@@ -240,7 +235,7 @@ def _read_ab_row(row: dict, k: _Keys, meta: dict) -> list[PreferencePair]:
     hint = f"An A/B row needs 'response_A', 'response_B' and 'preferred' (and optionally {k.prompt!r})."
     a, b, preferred = (_get(row, key, hint) for key in ("response_A", "response_B", "preferred"))
     if preferred not in ("A", "B"):
-        raise _RowError(f"'preferred' is {_show(preferred)}", "Allowed values are exactly 'A' and 'B'.")
+        raise _RowError(f"'preferred' is {short_repr(preferred)}", "Allowed values are exactly 'A' and 'B'.")
     chosen, rejected = (a, b) if preferred == "A" else (b, a)
     names = (k.prompt, f"response_{preferred}", "response_" + "AB"[preferred == "A"])
     return [_pair(row.get(k.prompt), chosen, rejected, names, chosen_position=preferred, **meta)]
@@ -282,7 +277,7 @@ def _each_row(source: Any, handle: Callable[[dict, dict], None], skip_bad: bool)
     subset, origin and id; raise each bad row as a DataError, or skip it with one warning at the end."""
     name, stem = (str(source), Path(source).stem) if isinstance(source, str | Path) else ("<memory>", "")
     total, errors = 0, []
-    for origin, row in _rows(source):
+    for origin, row in rows_or_errors(source):
         total += 1
         try:
             if isinstance(row, DataError):
@@ -381,131 +376,6 @@ def ratings_to_pairs(rated: Iterable[RatedResponse]) -> list[PreferencePair]:
                 pairs.append(PreferencePair(hi.prompt, hi.response, lo.response, subset=hi.subset,
                                             origin=f"{hi.origin},{lo.origin}"))
     return pairs
-
-
-def read_rows(source: Any) -> Iterator[tuple[str, dict]]:
-    """Yield (origin, row) from any supported container, origin "path:line" (or row index; "<memory>:i").
-
-    Raises:
-        DataError: for unreadable files and rows that are not JSON objects.
-    """
-    for origin, row in _rows(source):
-        if isinstance(row, DataError):
-            raise row
-        yield origin, row
-
-
-def _rows(source: Any) -> Iterator[tuple[str, dict | DataError]]:
-    """Like read_rows, but a bad row comes back as its DataError so that skip_bad can skip it."""
-    if isinstance(source, list):
-        return _objects("<memory>", enumerate(source, 1))
-    if type(source).__module__.split(".")[0] == "datasets":
-        return _dataset_rows("<memory>", source)
-    if not isinstance(source, str | Path):
-        raise TypeError(f"source is a {type(source).__name__}; pass a path, a datasets.Dataset or a list of dicts.")
-    path = Path(source)
-    if path.is_dir():
-        return _dataset_rows(str(source), None)
-    if not path.exists():
-        raise DataError(f"{source}: no such file. Check the path.")
-    suffix = path.suffix.lower()
-    if suffix not in SUFFIXES:
-        raise DataError(f"{source}: unsupported file type {suffix!r}. Supported: {', '.join(SUFFIXES)}, or a folder "
-                        "written by datasets' save_to_disk.")
-    return {".jsonl": _jsonl_rows, ".json": _json_rows, ".csv": _csv_rows, ".parquet": _parquet_rows}[suffix](path)
-
-
-def _objects(name: str, numbered: Iterable[tuple[int, Any]]) -> Iterator[tuple[str, dict | DataError]]:
-    for i, row in numbered:
-        ok = isinstance(row, dict)
-        yield f"{name}:{i}", row if ok else DataError(f"{name}:{i}: row is {_show(row)}, not a JSON object.")
-
-
-def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict | DataError]]:
-    with path.open(encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield f"{path}:{lineno}", DataError(f"{path}:{lineno}: invalid JSON ({e}). Each line must be one "
-                                                    "JSON object.")
-                continue
-            yield from _objects(str(path), [(lineno, row)])
-
-
-def _json_rows(path: Path) -> Iterator[tuple[str, dict | DataError]]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{e.lineno}: invalid JSON ({e}). Fix it, or use .jsonl for one row per line.") from None
-    if isinstance(data, dict) and isinstance(data.get("data"), list):
-        data = data["data"]
-    if not isinstance(data, list):
-        raise DataError(f"{path}: the top level is a {type(data).__name__}. A .json file must hold an array of "
-                        'objects, or {"data": [...]}.')
-    return _objects(str(path), enumerate(data, 1))
-
-
-def _csv_cell(cell: str) -> Any:
-    """An empty cell is absent; a cell that looks like a JSON list or object (chat messages) is parsed."""
-    if not cell:
-        return None
-    if cell[0] in "[{":
-        try:
-            return json.loads(cell)
-        except json.JSONDecodeError:
-            pass  # ordinary text that happens to start with a bracket
-    return cell
-
-
-def _csv_rows(path: Path) -> Iterator[tuple[str, dict | DataError]]:
-    with path.open(encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, [])
-        while True:
-            start = reader.line_num + 1  # a quoted cell may span lines: report where the row starts
-            cells = next(reader, None)
-            if cells is None:
-                return
-            if not cells:
-                continue
-            if len(cells) != len(header):
-                yield f"{path}:{start}", DataError(f"{path}:{start}: {len(cells)} cells but the header has "
-                                                   f"{len(header)}. Quote cells that contain commas or newlines.")
-                continue
-            yield f"{path}:{start}", {h: _csv_cell(c) for h, c in zip(header, cells, strict=True)}
-
-
-def _parquet_rows(path: Path) -> Iterator[tuple[str, dict | DataError]]:
-    import pyarrow.parquet as pq
-
-    try:
-        batches = pq.ParquetFile(path).iter_batches()
-    except Exception as e:  # pyarrow raises several types for a corrupt file
-        raise DataError(f"{path}: cannot read Parquet ({e}). Check that the file is complete.") from e
-    i = 0
-    for batch in batches:
-        for row in batch.to_pylist():
-            i += 1
-            yield f"{path}:{i}", row
-
-
-def _dataset_rows(name: str, dataset: Any) -> Iterator[tuple[str, dict | DataError]]:
-    import datasets
-
-    if dataset is None:
-        try:
-            dataset = datasets.load_from_disk(name)
-        except FileNotFoundError as e:
-            raise DataError(f"{name}: a folder, but not one written by datasets' save_to_disk ({e}). Pass such a "
-                            f"folder or a {'/'.join(SUFFIXES)} file.") from e
-    if isinstance(dataset, datasets.DatasetDict | datasets.IterableDatasetDict):
-        splits = ", ".join(dataset)
-        raise DataError(f"{name}: a DatasetDict with splits {splits}; pass one split, e.g. "
-                        f"{name}/{next(iter(dataset), 'train')} (or dataset['train'] in memory).")
-    return _objects(name, enumerate(dataset, 1))
 
 
 def split_by_prompt(pairs: list[PreferencePair], val_fraction: float, test_fraction: float, salt: str = "rmkit"

@@ -1,0 +1,158 @@
+"""read_rows: any container → (origin, row dict) pairs; knows nothing about preference formats or their keys.
+
+Containers: .jsonl, .json, .csv, .parquet, a `datasets` save_to_disk folder, a `datasets.Dataset` or a list of dicts.
+Each row comes with its origin, "path:line" (1-based line for JSONL/CSV, 1-based row index for JSON/Parquet/datasets;
+"<memory>:i" in memory), so that every error can name where it is. Heavy readers (pyarrow, datasets) load on first use.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+
+
+class DataError(ValueError):
+    """Bad input data; the message starts with "<file>:<line>: " (or "<file>: " for whole-file problems)."""
+
+
+def short_repr(value: Any) -> str:
+    """repr(value), cut to 60 characters for error messages."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def read_rows(source: Any) -> Iterator[tuple[str, dict]]:
+    """Yield (origin, row) from any supported container, origin "path:line" (or row index; "<memory>:i").
+
+    Args:
+        source: path to .jsonl/.json/.csv/.parquet or a save_to_disk folder; a `datasets.Dataset`; a list of dicts.
+
+    Raises:
+        DataError: for unreadable files and rows that are not JSON objects.
+    """
+    for origin, row in rows_or_errors(source):
+        if isinstance(row, DataError):
+            raise row
+        yield origin, row
+
+
+def rows_or_errors(source: Any) -> Iterator[tuple[str, dict | DataError]]:
+    """Like read_rows, but a bad row comes back as its DataError, so that a caller can skip it (skip_bad).
+
+    Raises:
+        DataError: for problems with the whole source (a missing or unsupported file, bad JSON, a DatasetDict).
+    """
+    if isinstance(source, list):
+        return _objects("<memory>", enumerate(source, 1))
+    if type(source).__module__.split(".")[0] == "datasets":
+        return _dataset_rows("<memory>", source)
+    if not isinstance(source, str | Path):
+        raise TypeError(f"source is a {type(source).__name__}; pass a path, a datasets.Dataset or a list of dicts.")
+    path = Path(source)
+    if path.is_dir():
+        return _dataset_rows(str(source), None)
+    if not path.exists():
+        raise DataError(f"{source}: no such file. Check the path.")
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise DataError(f"{source}: unsupported file type {suffix!r}. Supported: {', '.join(SUFFIXES)}, or a folder "
+                        "written by datasets' save_to_disk.")
+    return {".jsonl": _jsonl_rows, ".json": _json_rows, ".csv": _csv_rows, ".parquet": _parquet_rows}[suffix](path)
+
+
+def _objects(name: str, numbered: Iterable[tuple[int, Any]]) -> Iterator[tuple[str, dict | DataError]]:
+    for i, row in numbered:
+        ok = isinstance(row, dict)
+        yield f"{name}:{i}", row if ok else DataError(f"{name}:{i}: row is {short_repr(row)}, not a JSON object.")
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict | DataError]]:
+    with path.open(encoding="utf-8-sig") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                yield f"{path}:{lineno}", DataError(f"{path}:{lineno}: invalid JSON ({e}). Each line must be one "
+                                                    "JSON object.")
+                continue
+            yield from _objects(str(path), [(lineno, row)])
+
+
+def _json_rows(path: Path) -> Iterator[tuple[str, dict | DataError]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: invalid JSON ({e}). Fix it, or use .jsonl for one row per line.") from None
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        data = data["data"]
+    if not isinstance(data, list):
+        raise DataError(f"{path}: the top level is a {type(data).__name__}. A .json file must hold an array of "
+                        'objects, or {"data": [...]}.')
+    return _objects(str(path), enumerate(data, 1))
+
+
+def _csv_cell(cell: str) -> Any:
+    """An empty cell is absent; a cell that looks like a JSON list or object (chat messages) is parsed."""
+    if not cell:
+        return None
+    if cell[0] in "[{":
+        try:
+            return json.loads(cell)
+        except json.JSONDecodeError:
+            pass  # ordinary text that happens to start with a bracket
+    return cell
+
+
+def _csv_rows(path: Path) -> Iterator[tuple[str, dict | DataError]]:
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, [])
+        while True:
+            start = reader.line_num + 1  # a quoted cell may span lines: report where the row starts
+            cells = next(reader, None)
+            if cells is None:
+                return
+            if not cells:
+                continue
+            if len(cells) != len(header):
+                yield f"{path}:{start}", DataError(f"{path}:{start}: {len(cells)} cells but the header has "
+                                                   f"{len(header)}. Quote cells that contain commas or newlines.")
+                continue
+            yield f"{path}:{start}", {h: _csv_cell(c) for h, c in zip(header, cells, strict=True)}
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[str, dict | DataError]]:
+    import pyarrow.parquet as pq
+
+    try:
+        batches = pq.ParquetFile(path).iter_batches()
+    except Exception as e:  # pyarrow raises several types for a corrupt file
+        raise DataError(f"{path}: cannot read Parquet ({e}). Check that the file is complete.") from e
+    i = 0
+    for batch in batches:
+        for row in batch.to_pylist():
+            i += 1
+            yield f"{path}:{i}", row
+
+
+def _dataset_rows(name: str, dataset: Any) -> Iterator[tuple[str, dict | DataError]]:
+    import datasets
+
+    if dataset is None:
+        try:
+            dataset = datasets.load_from_disk(name)
+        except FileNotFoundError as e:
+            raise DataError(f"{name}: a folder, but not one written by datasets' save_to_disk ({e}). Pass such a "
+                            f"folder or a {'/'.join(SUFFIXES)} file.") from e
+    if isinstance(dataset, datasets.DatasetDict | datasets.IterableDatasetDict):
+        splits = ", ".join(dataset)
+        raise DataError(f"{name}: a DatasetDict with splits {splits}; pass one split, e.g. "
+                        f"{name}/{next(iter(dataset), 'train')} (or dataset['train'] in memory).")
+    return _objects(name, enumerate(dataset, 1))
