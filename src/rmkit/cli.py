@@ -37,11 +37,28 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 @verb
 def cmd_eval(args: argparse.Namespace) -> int:
-    from rmkit.evaluation import evaluate_files, format_summary, write_json
+    from rmkit.evaluation import compare_models, evaluate_files, format_comparison, format_summary, write_json
 
-    report = evaluate_files(args.model_dir, args.data)
-    for name, result in report["datasets"].items():
-        print(format_summary(name, result))
+    if args.compare:  # rmkit eval --compare MODEL_A MODEL_B DATA [DATA ...]
+        if len(args.data) < 2:
+            raise SystemExit("rmkit eval --compare: give MODEL_A MODEL_B DATA [DATA ...]")
+        if args.report or args.train_data:
+            raise SystemExit("rmkit eval --compare: --report and --train-data describe one model; run them without "
+                             "--compare")
+        report = compare_models(args.model_dir, args.data[0], args.data[1:], format=args.format)
+        for name, result in report["datasets"].items():
+            print(format_comparison(name, result))
+    else:
+        report = evaluate_files(args.model_dir, args.data, report_dir=args.report, train_data=args.train_data,
+                                format=args.format)
+        for flag in report["flags"]:
+            print(f"  ! {flag['kind']}: {flag['message']}")
+        for name, result in report["datasets"].items():
+            print(format_summary(name, result))
+            for flag in result["flags"]:
+                print(f"  ! {flag['kind']}: {flag['message']}")
+        if args.report:
+            print(f"report: {Path(args.report) / 'report.html'}")
     if args.out:
         write_json(report, args.out)
         print(f"wrote {args.out}")
@@ -49,11 +66,56 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 @verb
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from rmkit.calibration import calibrate
+
+    result = calibrate(args.model_dir, args.data)
+    for when in ("before", "after"):
+        r = result[when]
+        print(f"{when}: T={r['temperature']:.3g}  ECE {r['ece']:.4f}  Brier {r['brier']:.4f}  "
+              f"log-loss {r['log_loss']:.4f}")
+    print(f"wrote T={result['temperature']:.4g} to {Path(args.model_dir) / 'rmkit.json'} (n={result['n_pairs']})")
+    return 0
+
+
+@verb
+def cmd_select(args: argparse.Namespace) -> int:
+    from rmkit.selection import select
+
+    rows = select([args.model_dir, *args.ensemble], args.pool, args.k, args.out, method=args.method)
+    print(f"wrote the {len(rows)} most uncertain pairs to {args.out} for labelling")
+    return 0
+
+
+@verb
+def cmd_triage(args: argparse.Namespace) -> int:
+    from rmkit.selection import triage
+
+    rows = triage(args.model_dir, args.data, args.out, min_prob=args.min_prob, top=args.top)
+    for row in rows[:10]:
+        print(f"{row['rank']:>4}  P(rejected preferred) {row['p_model_prefers_rejected']:.3f}  {row['origin']}")
+    print(f"wrote {len(rows)} likely mislabelled pairs (P ≥ {args.min_prob:g}) to {args.out}")
+    return 0
+
+
+@verb
 def cmd_score(args: argparse.Namespace) -> int:
     from rmkit.scoring import score_file
+    from rmkit.server import load_serve_config
 
-    n = score_file(args.model_dir, args.input, args.out, batch_tokens=args.batch_tokens)
+    cfg = load_serve_config(args.model_dir, args.set)  # a model directory or a serve YAML: same shaping options
+    n = score_file(cfg.model_dirs, args.input, args.out, batch_tokens=args.batch_tokens or cfg.batch_tokens,
+                   shaping=cfg.shaping, device=cfg.device, max_length=cfg.max_length, max_batch=cfg.batch_size)
     print(f"scored {n} rows → {args.out}")
+    return 0
+
+
+@verb
+def cmd_serve(args: argparse.Namespace) -> int:
+    from rmkit.server import load_serve_config, serve
+
+    flags = [f"{k}={v}" for k, v in (("host", args.host), ("port", args.port)) if v is not None]
+    serve(load_serve_config(args.source, [*args.overrides, *flags]))
     return 0
 
 
@@ -79,6 +141,48 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _source(values: list[str]) -> str | list[str]:
+    """One --reward/--heldout value, or several (an ensemble)."""
+    return values[0] if len(values) == 1 else values
+
+
+@verb
+def cmd_grpo(args: argparse.Namespace) -> int:
+    from rmkit.grpo import format_summary, load_grpo_config, run_grpo
+
+    run = run_grpo(load_grpo_config(args.config, args.overrides))
+    print(format_summary(run))
+    print(f"policy: {run / 'policy'}   metrics: {run / 'metrics.jsonl'}")
+    return 0
+
+
+@verb
+def cmd_collect(args: argparse.Namespace) -> int:
+    from rmkit.config import parse_overrides
+    from rmkit.rollouts import collect
+
+    settings = parse_overrides(args.set)
+    if set(settings) - {"shaping"}:
+        raise ValueError(f"--set takes shaping.KEY=VALUE only, got {', '.join(sorted(settings))}")
+    n = collect(args.prompts, args.policy, _source(args.reward), args.out, n=args.n, max_new_tokens=args.max_new_tokens,
+                temperature=args.temperature, top_p=args.top_p, seed=args.seed, limit=args.limit, device=args.device,
+                **settings.get("shaping", {}))
+    print(f"wrote {n} rollouts → {args.out}")
+    return 0
+
+
+@verb
+def cmd_rerank(args: argparse.Namespace) -> int:
+    from rmkit.rollouts import format_rerank, rerank
+
+    report = rerank(args.rollouts, _source(args.reward), _source(args.heldout), out=args.out, device=args.device)
+    print(format_rerank(report))
+    if args.report:
+        Path(args.report).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.report}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rmkit", description="Bradley–Terry reward models from human preference data.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -88,16 +192,53 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("config", nargs="?", help="YAML config (e.g. configs/default.yaml); omitted = the defaults")
     s.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=1e-5 train.out_dir=runs/x")
 
-    s = sub.add_parser("eval", help="accuracy, margins, subsets and the length-only baseline on preference data")
+    s = sub.add_parser("eval", help="accuracy, calibration and bias diagnostics with flags; --report for HTML")
     s.add_argument("model_dir")
-    s.add_argument("data", nargs="+", help="preference files (any supported format)")
+    s.add_argument("data", nargs="+", help="preference or scalar-ratings files (any supported format)")
     s.add_argument("--out", help="write the report as JSON here")
+    s.add_argument("--report", metavar="OUT_DIR", help="write report.html (self-contained), report.json and PNG plots")
+    s.add_argument("--compare", action="store_true",
+                   help="rmkit eval --compare MODEL_A MODEL_B DATA...: accuracy difference, bootstrap CI, McNemar")
+    s.add_argument("--train-data", help="training pairs: their accuracy vs each data set's flags overfitting")
+    s.add_argument("--format", default="auto", choices=["auto", "pairs", "hh", "ranked", "ab", "ratings"],
+                   help="read every file as this format (default: detect from each row)")
 
-    s = sub.add_parser("score", help="add a 'reward' to each row of a JSONL file (prompt+response or messages)")
+    s = sub.add_parser("calibrate", help="fit the temperature of P(A preferred) on validation pairs into rmkit.json")
     s.add_argument("model_dir")
+    s.add_argument("data", help="validation preference pairs (not the data you will report on)")
+
+    s = sub.add_parser("select", help="write the k most uncertain unlabelled pairs of a pool for labelling")
+    s.add_argument("model_dir")
+    s.add_argument("pool", help="JSONL of prompt + response_A + response_B (or chosen/rejected) rows")
+    s.add_argument("--k", type=int, required=True, help="how many pairs to select")
+    s.add_argument("--out", required=True, help="JSONL to write: the pool rows plus rank, uncertainty, p_A")
+    s.add_argument("--ensemble", action="append", default=[], metavar="MODEL_DIR",
+                   help="another model (repeat for more): with an ensemble, pairs are ranked by disagreement")
+    s.add_argument("--method", default="auto", choices=["auto", "margin", "disagreement"],
+                   help="margin: small |Δ| first; disagreement: ensemble spread (auto: by the number of models)")
+
+    s = sub.add_parser("triage", help="list labelled pairs the model confidently disagrees with (likely label noise)")
+    s.add_argument("model_dir")
+    s.add_argument("data", help="labelled preference pairs")
+    s.add_argument("--out", required=True, help="JSONL to write, most confident disagreement first")
+    s.add_argument("--min-prob", type=float, default=0.9, help="least P(rejected preferred) to list (default 0.9)")
+    s.add_argument("--top", type=int, help="list at most this many")
+
+    s = sub.add_parser("score", help="add shaped 'reward' and 'raw_reward' to each row of a JSONL file "
+                                     "(prompt+response, messages or NeMo Gym rollouts)")
+    s.add_argument("model_dir", help="rmkit model directory, or a serve YAML (model_dirs, shaping, ...)")
     s.add_argument("input")
     s.add_argument("--out", required=True)
-    s.add_argument("--batch-tokens", type=int, default=8192, help="padded tokens per forward pass")
+    s.add_argument("--batch-tokens", type=int, help="padded tokens per forward pass (default: batch_tokens, 16384)")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="serve-config override, repeatable: shaping.normalize=none, shaping.clip=null, "
+                        "shaping.reward_threshold=0.5, model_dirs=[a,b] (an ensemble), max_length=512")
+
+    s = sub.add_parser("serve", help="reward server: rmkit /score, OpenRLHF, NeMo Gym, vLLM, SGLang, LLaMA-Factory")
+    s.add_argument("source", help="serve YAML (see rmkit.server.ServeConfig) or an rmkit model directory")
+    s.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. shaping.clip=null batch_size=32")
+    s.add_argument("--host", help="interface to bind (default 127.0.0.1)")
+    s.add_argument("--port", type=int, help="TCP port (default 8000)")
 
     s = sub.add_parser("compare", help="score responses to one prompt and show P(A preferred)")
     s.add_argument("model_dir")
@@ -107,6 +248,33 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("export", help="merge a LoRA adapter and its head into a plain HF model")
     s.add_argument("model_dir")
     s.add_argument("--merge", required=True, metavar="OUT_DIR")
+
+    s = sub.add_parser("grpo", help="GRPO a policy against a reward model (TRL), in-process or through `rmkit serve`")
+    s.add_argument("config", help="YAML GRPO config (e.g. configs/grpo-tiny.yaml; see rmkit.grpo.GrpoConfig)")
+    s.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. reward.source=runs/x/model")
+
+    s = sub.add_parser("collect", help="sample N completions per prompt, score them, write NeMo Gym rollout rows")
+    s.add_argument("--prompts", required=True, help="JSONL of prompt, messages or responses_create_params rows")
+    s.add_argument("--policy", required=True, help="causal LM folder, hub id or alias (smollm2-135m)")
+    s.add_argument("--reward", required=True, action="append", help="model directory or server URL; repeat: ensemble")
+    s.add_argument("--out", required=True)
+    s.add_argument("--n", type=int, default=4, help="completions per prompt (default 4)")
+    s.add_argument("--max-new-tokens", type=int, default=64)
+    s.add_argument("--temperature", type=float, default=1.0)
+    s.add_argument("--top-p", type=float, default=1.0)
+    s.add_argument("--seed", type=int, default=0, help="prompt i is sampled with seed + i")
+    s.add_argument("--limit", type=int, help="use only the first N prompts")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--set", action="append", default=[], metavar="shaping.KEY=VALUE",
+                   help="reward shaping, repeatable: shaping.clip=null, shaping.length_penalty=dapo, ...")
+
+    s = sub.add_parser("rerank", help="best-of-N by reward; gain over a random pick by it and by a held-out model")
+    s.add_argument("rollouts", help="rollout rows written by `rmkit collect`")
+    s.add_argument("--reward", required=True, action="append", help="the selecting model; repeat: ensemble")
+    s.add_argument("--heldout", required=True, action="append", help="a second model that does not select")
+    s.add_argument("--out", help="write the picked rollout of each prompt here")
+    s.add_argument("--report", help="write the report as JSON here")
+    s.add_argument("--device", default="auto")
     return p
 
 

@@ -85,15 +85,95 @@ class Scorer:
 
 
 def split_row(row: dict[str, Any], origin: str) -> tuple[Any, Any]:
-    """(prompt, response) of a row to score: `prompt` + `response`, or chat `messages` ending in the assistant turn."""
+    """(prompt, response) of a row to score, from any of three shapes:
+
+    - `prompt` + `response` (text or chat messages);
+    - chat `messages` ending in the assistant turn;
+    - a NeMo Gym rollout: `responses_create_params.input` + `response.output` (see gym_prompt and gym_response).
+    """
+    if not isinstance(row, dict):
+        raise ValueError(f"{origin}: a row to score is a JSON object, got {type(row).__name__}")
+    if "responses_create_params" in row:
+        params, response = row["responses_create_params"], row.get("response")
+        if not isinstance(params, dict) or "input" not in params or not isinstance(response, dict):
+            raise ValueError(f"{origin}: a NeMo Gym row needs 'responses_create_params' with 'input' and a 'response' "
+                             "object with 'output'")
+        return gym_prompt(params["input"], origin), gym_response(response.get("output") or [], origin)
     if "messages" in row:
         messages = row["messages"]
-        if not isinstance(messages, list) or not messages or messages[-1].get("role") != "assistant":
+        if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict) \
+                or messages[-1].get("role") != "assistant":
             raise ValueError(f"{origin}: 'messages' must be a non-empty list ending with an assistant message")
         return messages[:-1], messages[-1:]
     if "prompt" in row and "response" in row:
         return row["prompt"], row["response"]
-    raise ValueError(f"{origin}: a row to score needs 'prompt' and 'response', or chat 'messages' (found: {', '.join(sorted(row))})")
+    raise ValueError(f"{origin}: a row to score needs 'prompt' and 'response', chat 'messages', or NeMo Gym "
+                     f"'responses_create_params' + 'response' (found: {', '.join(sorted(map(str, row)))})")
+
+
+_TEXT_PARTS = {"input_text", "output_text", "text", "refusal"}
+
+
+def _content_text(content: Any, origin: str) -> str:
+    """A message content as text: a string, or the text of its typed parts joined ('input_text', 'output_text',
+    'refusal'; images and files are skipped)."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    if not isinstance(content, list):
+        raise ValueError(f"{origin}: message content must be a string or a list of parts, got {type(content).__name__}")
+    parts = [p.get("text") if p.get("type") != "refusal" else p.get("refusal") for p in content
+             if isinstance(p, dict) and p.get("type", "text") in _TEXT_PARTS]
+    return "".join(str(p) for p in parts if p)
+
+
+def _tool_call_text(item: dict[str, Any]) -> str:
+    return f"Tool call: {item.get('name', '')}({item.get('arguments', '')})"
+
+
+def gym_prompt(input_: Any, origin: str = "row") -> str | list[dict[str, str]]:
+    """The prompt of a NeMo Gym `responses_create_params.input`, as the reward model reads it.
+
+    A string is the user's turn. In a list of items: messages keep their role (developer → system) with their text
+    parts joined; `function_call` items become an assistant turn "Tool call: name(arguments)"; `function_call_output`
+    items a `tool` turn holding the output; `reasoning` and any other item types are left out (the reward model
+    judges what was said and done, not hidden reasoning).
+    """
+    if isinstance(input_, str):
+        return input_
+    if not isinstance(input_, list):
+        raise ValueError(f"{origin}: responses_create_params.input must be a string or a list of items")
+    messages = []
+    for item in input_:
+        if not isinstance(item, dict):
+            raise ValueError(f"{origin}: each input item must be an object, got {type(item).__name__}")
+        kind = item.get("type", "message")
+        if kind == "message" and "role" in item:
+            role = "system" if item["role"] == "developer" else str(item["role"])
+            messages.append({"role": role, "content": _content_text(item.get("content"), origin)})
+        elif kind == "function_call":
+            messages.append({"role": "assistant", "content": _tool_call_text(item)})
+        elif kind == "function_call_output":
+            messages.append({"role": "tool", "content": str(item.get("output", ""))})
+    return messages
+
+
+def gym_response(output: Any, origin: str = "row") -> str:
+    """The response of a NeMo Gym `response.output`: one assistant text, its pieces joined by blank lines, in order.
+
+    `message` items give their output_text (and refusal) parts; `function_call` items a line "Tool call:
+    name(arguments)"; `reasoning` and other item types are left out, as in gym_prompt.
+    """
+    if not isinstance(output, list):
+        raise ValueError(f"{origin}: response.output must be a list of items")
+    pieces = []
+    for item in output:
+        if not isinstance(item, dict):
+            raise ValueError(f"{origin}: each output item must be an object, got {type(item).__name__}")
+        if item.get("type") == "message":
+            pieces.append(_content_text(item.get("content"), origin))
+        elif item.get("type") == "function_call":
+            pieces.append(_tool_call_text(item))
+    return "\n\n".join(p for p in pieces if p)
 
 
 def compare(scorer: Scorer, prompt: Any, responses: Sequence[Any]) -> dict[str, Any]:
@@ -105,11 +185,28 @@ def compare(scorer: Scorer, prompt: Any, responses: Sequence[Any]) -> dict[str, 
     return {"scores": scores, "p_first_preferred": probs, "temperature": scorer.card.temperature}
 
 
-def score_file(model_dir: str | Path, input_path: str | Path, output_path: str | Path, batch_tokens: int = 8192) -> int:
-    """Copy a JSONL file of rows, adding `reward` to each; returns the row count. The output is written atomically."""
+def score_file(
+    model_dir: str | Path | Sequence[str | Path],
+    input_path: str | Path,
+    output_path: str | Path,
+    batch_tokens: int = 8192,
+    shaping: Any = None,
+    device: str = "auto",
+    max_length: int | None = None,
+    max_batch: int = 128,
+) -> int:
+    """Copy a JSONL file of rows, adding rewards to each; returns the row count. The output is written atomically.
+
+    Rows are `prompt` + `response`, chat `messages`, or NeMo Gym rollouts (see split_row). Each output row gets
+    `reward` (shaped by `shaping`, a ShapingConfig; default: stored-stats normalisation, clip ±5) and `raw_reward`;
+    `passed` when shaping has a reward_threshold; `member_rewards` and `reward_std` when several model directories
+    form an ensemble.
+    """
     import json
     import os
     import tempfile
+
+    from rmkit.ensemble import Ensemble
 
     input_path, output_path = Path(input_path), Path(output_path)
     rows, prompts, responses = [], [], []
@@ -125,12 +222,20 @@ def score_file(model_dir: str | Path, input_path: str | Path, output_path: str |
             rows.append(row)
             prompts.append(prompt)
             responses.append(response)
-    scorer = Scorer.load(model_dir, max_tokens=batch_tokens, progress=True)
-    rewards = scorer.score(prompts, responses)
+    dirs = [model_dir] if isinstance(model_dir, (str, Path)) else list(model_dir)
+    ensemble = Ensemble.load(dirs, shaping, device=device, max_length=max_length, max_tokens=batch_tokens,
+                             max_batch=max_batch, progress=True)
+    out = ensemble.rewards(prompts, responses)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{output_path.name}-", dir=output_path.parent)
-    with os.fdopen(fd, "w") as out:
-        for row, reward in zip(rows, rewards):
-            out.write(json.dumps({**row, "reward": reward}) + "\n")
+    with os.fdopen(fd, "w") as f:
+        for i, row in enumerate(rows):
+            extra: dict[str, Any] = {"reward": float(out.shaped[i]), "raw_reward": float(out.raw[i])}
+            if out.passed is not None:
+                extra["passed"] = bool(out.passed[i])
+            if out.members is not None:
+                extra["member_rewards"] = out.members[:, i].tolist()
+                extra["reward_std"] = float(out.member_std[i])
+            f.write(json.dumps({**row, **extra}) + "\n")
     os.replace(tmp, output_path)
     return len(rows)

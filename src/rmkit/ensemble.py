@@ -1,0 +1,183 @@
+"""Ensemble: one or several Scorers read as one reward. Renders and tokenises each input once per member (members may
+use different tokenizers and templates), runs every member's forward, and shapes the scores with rmkit.shaping.
+
+Shared by the server, `rmkit score` and the RL adapters. Knows nothing of HTTP, queues or files.
+
+Normalisation of an ensemble (normalize='stored'): each member's score is first normalised with that member's own
+statistics ((r_m − mean_m)/std_m, the card's or the reward_mean/reward_std overrides), then members are combined,
+then clipped. Members trained apart live on different scales; only after this do 'min' and 'mean − k·std' compare
+like with like. normalize='running' combines the raw scores first and keeps one running mean/std of the result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rmkit.encoding import Encoder
+from rmkit.scoring import Scorer
+from rmkit.shaping import RunningMoments, ShapedRewards, ShapingConfig, combine_ensemble, shape_rewards
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One input, tokenised for every member: ids[m] is member m's token ids; response_tokens feeds length penalties."""
+
+    ids: tuple[list[int], ...]
+    response_tokens: int
+
+    @property
+    def tokens(self) -> int:
+        return max(len(i) for i in self.ids)
+
+
+def response_text(response: Any) -> str:
+    """The text of a response given as a string or as chat messages: contents joined by blank lines."""
+    if isinstance(response, str):
+        return response
+    return "\n\n".join(str(m.get("content") or "") for m in response)
+
+
+class Ensemble:
+    """M ≥ 1 scorers plus the shaping that turns their (M, N) raw scores into N rewards.
+
+    Args:
+        scorers: the members, each with its own tokenizer, template and card statistics.
+        shaping: normalisation, clipping, length penalty, threshold and ensemble rule.
+    """
+
+    def __init__(self, scorers: Sequence[Scorer], shaping: ShapingConfig | None = None):
+        if not scorers:
+            raise ValueError("an Ensemble needs at least one scorer")
+        self.scorers = list(scorers)
+        self.shaping = shaping or ShapingConfig()
+        self.running = RunningMoments()
+        if self.shaping.normalize == "stored" and self.shaping.reward_std is None:
+            bad = [s.name for s in self.scorers if not s.card.reward_std > 0]
+            if bad:  # found at start-up, not as an error on every request
+                raise ValueError(f"{', '.join(bad)}: stored reward_std must be positive for normalize='stored'; "
+                                 "pass shaping.reward_std or use shaping.normalize='none'")
+
+    @classmethod
+    def load(cls, model_dirs: Sequence[str | Path], shaping: ShapingConfig | None = None, device: str = "auto",
+             max_length: int | None = None, **scorer_kwargs: Any) -> Ensemble:
+        """Load each model directory once; `max_length` (if set) overrides each card's; the rest goes to Scorer."""
+        scorers = [Scorer.load(d, device=device, **scorer_kwargs) for d in model_dirs]
+        if max_length is not None:
+            for s in scorers:
+                s.encoder = Encoder(s.tokenizer, max_length, s.card.add_special_tokens)
+        return cls(scorers, shaping)
+
+    @property
+    def name(self) -> str:
+        return "+".join(self.member_names)
+
+    @property
+    def member_names(self) -> list[str]:
+        return [s.name for s in self.scorers]
+
+    @property
+    def max_length(self) -> int:
+        return min(s.encoder.max_length for s in self.scorers)
+
+    def _response_tokens(self, responses: Sequence[str]) -> list[int]:
+        if self.shaping.length_penalty == "none":
+            return [0] * len(responses)  # tokenising only to throw the counts away would cost time
+        ids = self.scorers[0].tokenizer(list(responses), add_special_tokens=False)["input_ids"]
+        return [len(i) for i in ids]
+
+    def encode_pairs(self, prompts: Sequence[Any], responses: Sequence[Any]) -> list[Encoded]:
+        """(prompt, response) pairs, text or chat messages, rendered with each member's own template."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        if not prompts:
+            return []
+        pairs = list(zip(prompts, responses, strict=True))
+        per_member = [s.encoder.encode([s.render(p, r) for p, r in pairs]) for s in self.scorers]
+        return _pack(per_member, self._response_tokens([response_text(r) for r in responses]))
+
+    def encode_texts(self, texts: Sequence[str], prompts: Sequence[str | None] | None = None,
+                     add_special_tokens: bool | None = None) -> list[Encoded]:
+        """Already-rendered texts (a policy's decoded prompt + completion), tokenised as they are.
+
+        Args:
+            texts: the full texts.
+            prompts: optional prompt prefix of each text; the rest is the response measured by length penalties
+                (without a matching prefix the whole text counts).
+            add_special_tokens: None keeps each card's setting (as Scorer.score_texts); True adds the tokenizer's own
+                special tokens (a doubled leading BOS is then dropped); False adds none.
+        """
+        if not texts:
+            return []
+        per_member = []
+        for s in self.scorers:
+            encoder = s.encoder if add_special_tokens is None else Encoder(s.tokenizer, s.encoder.max_length,
+                                                                           add_special_tokens)
+            per_member.append([_drop_double_bos(ids, s.tokenizer.bos_token_id) for ids in encoder.encode(texts)])
+        prompts = prompts or [None] * len(texts)
+        tails = [t[len(p):] if p and t.startswith(p) else t for t, p in zip(texts, prompts, strict=True)]
+        return _pack(per_member, self._response_tokens(tails))
+
+    def encode_ids(self, ids: Sequence[Sequence[int]]) -> list[Encoded]:
+        """Token ids given by the caller, passed to every member as they are (left-cut to max_length).
+
+        Raises ValueError for an id outside a member's vocabulary, so one bad request never fails a shared batch.
+        """
+        cut = self.max_length
+        for s in self.scorers:
+            vocab = min(len(s.tokenizer), s.model.hf.get_input_embeddings().num_embeddings)
+            bad = next((t for row in ids for t in row if not 0 <= t < vocab), None)
+            if bad is not None:
+                raise ValueError(f"token id {bad} is outside the vocabulary of {s.name} (0..{vocab - 1})")
+        return _pack([[list(row[-cut:]) for row in ids] for _ in self.scorers], [len(row) for row in ids])
+
+    def forward(self, encoded: Sequence[Encoded]) -> np.ndarray:
+        """(M, N) raw member scores; each member batches by its own token budget, longest first."""
+        if not encoded:
+            return np.zeros((len(self.scorers), 0))
+        return np.array([s.score_ids([e.ids[m] for e in encoded]) for m, s in enumerate(self.scorers)])
+
+    def shape(self, raw: np.ndarray, encoded: Sequence[Encoded]) -> ShapedRewards:
+        """Shape (M, N) raw scores (see the module docstring for how an ensemble is normalised)."""
+        cfg = self.shaping
+        if raw.shape[1] == 0:
+            empty = np.zeros(0)
+            members = None if len(self.scorers) == 1 else np.asarray(raw, dtype=np.float64)
+            passed = None if cfg.reward_threshold is None else np.zeros(0, dtype=bool)
+            return ShapedRewards(empty, empty, members, None if members is None else empty, passed)
+        lengths = np.array([e.response_tokens for e in encoded], dtype=np.float64)
+        if len(self.scorers) == 1:
+            card = self.scorers[0].card
+            return shape_rewards(raw[0], lengths, cfg, stats=(card.reward_mean, card.reward_std), running=self.running)
+        if cfg.normalize != "stored":
+            return shape_rewards(raw, lengths, cfg, running=self.running)
+        means = np.array([cfg.reward_mean if cfg.reward_mean is not None else s.card.reward_mean for s in self.scorers])
+        stds = np.array([cfg.reward_std if cfg.reward_std is not None else s.card.reward_std for s in self.scorers])
+        z = (raw - means[:, None]) / stds[:, None]  # (M, N): every member on its own unit scale
+        unit = cfg.model_copy(update={"reward_mean": None, "reward_std": None})
+        out = shape_rewards(z, lengths, unit, stats=(0.0, 1.0))
+        combined, std = combine_ensemble(raw, cfg.ensemble, cfg.ensemble_k)  # (N,), (N,) in raw units
+        return replace(out, raw=combined, members=np.asarray(raw, dtype=np.float64), member_std=std)
+
+    def rewards(self, prompts: Sequence[Any], responses: Sequence[Any]) -> ShapedRewards:
+        """Encode, forward and shape (prompt, response) pairs in one call (batch scoring, RL adapters)."""
+        encoded = self.encode_pairs(prompts, responses)
+        return self.shape(self.forward(encoded), encoded)
+
+
+def _pack(per_member: list[list[list[int]]], lengths: list[int]) -> list[Encoded]:
+    """Member-major ids (M lists of N) → N Encoded; an empty token sequence is an error (no token to read)."""
+    for m, rows in enumerate(per_member):
+        empty = next((i for i, ids in enumerate(rows) if not ids), None)
+        if empty is not None:
+            raise ValueError(f"item {empty} has no tokens for member {m} (empty text): nothing to score")
+    return [Encoded(tuple(rows[i] for rows in per_member), lengths[i]) for i in range(len(lengths))]
+
+
+def _drop_double_bos(ids: list[int], bos: int | None) -> list[int]:
+    """[BOS, BOS, x] → [BOS, x]: text that already starts with BOS must not get a second (RewardBench, Skywork)."""
+    return ids[1:] if bos is not None and len(ids) > 1 and ids[0] == ids[1] == bos else ids

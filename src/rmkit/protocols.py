@@ -1,0 +1,217 @@
+"""Wire schemas of every HTTP format the reward server speaks (PROTOCOLS.md §2): rmkit's own /score, OpenRLHF
+/get_reward, NeMo Gym /verify and companions, vLLM /pooling, /classify and /v1/models, SGLang /classify (`text`), and
+LLaMA-Factory /v1/score/evaluation. Pydantic only: knows nothing of models, queues or FastAPI.
+
+Extra-field policy per protocol: our /score forbids unknown keys (a typo is an error); NeMo Gym allows them (every
+field must be echoed back unchanged); the others ignore them, as their own servers do, so that a newer client version
+still works. Every list and text has a hard ceiling here (MAX_ITEMS, MAX_CHARS), so an absurd body is a 422, never a
+500; the server's configured limits (ServeConfig) can only be lower.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MAX_ITEMS = 4096
+"""Hard ceiling on items in one request, whatever the server's max_items."""
+MAX_CHARS = 1_000_000
+"""Hard ceiling on the characters of one text field, whatever the server's max_text_chars."""
+
+Text = Annotated[str, Field(max_length=MAX_CHARS)]
+
+
+class Forbid(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Ignore(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class Allow(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+# ---- rmkit /score -------------------------------------------------------------------------------------------------
+
+Role = Literal["system", "developer", "user", "assistant", "tool"]
+
+
+class Message(Forbid):
+    role: Role
+    """Who speaks."""
+    content: Text
+    """What was said."""
+
+
+Conversation = Annotated[list[Message], Field(max_length=MAX_ITEMS)]
+
+
+class ScoreItem(Forbid):
+    """One thing to score: `prompt` + `response` (each text or messages), or chat `messages` ending in the assistant."""
+
+    prompt: Text | Conversation | None = None
+    """The prompt: text, or chat messages before the response."""
+    response: Text | Conversation | None = None
+    """The response: text, or assistant message(s)."""
+    messages: Conversation | None = None
+    """A whole conversation whose last message is the assistant's response (instead of prompt + response)."""
+
+    @model_validator(mode="after")
+    def _one_form(self) -> ScoreItem:
+        pair = self.prompt is not None and self.response is not None
+        if self.messages is not None:
+            if self.prompt is not None or self.response is not None:
+                raise ValueError("give either 'messages' or 'prompt' + 'response', not both")
+            if not self.messages or self.messages[-1].role != "assistant":
+                raise ValueError("'messages' must be a non-empty list ending with an assistant message")
+        elif not pair:
+            raise ValueError("each item needs 'prompt' and 'response', or chat 'messages'")
+        return self
+
+    def split(self) -> tuple[Any, Any]:
+        """(prompt, response) ready for rendering."""
+        if self.messages is not None:
+            msgs = [m.model_dump() for m in self.messages]
+            return msgs[:-1], msgs[-1:]
+        dump = [p if isinstance(p, str) else [m.model_dump() for m in p] for p in (self.prompt, self.response)]
+        return dump[0], dump[1]
+
+
+class ScoreRequest(Forbid):
+    items: list[ScoreItem] = Field(min_length=1, max_length=MAX_ITEMS)
+    """What to score, answered in the same order."""
+
+
+class ScoreResponse(Forbid):
+    model: str
+    """Name of the served model (members joined by '+' for an ensemble)."""
+    rewards: list[float]
+    """Shaped rewards, one per item (normalised, clipped, length-penalised as configured)."""
+    raw_rewards: list[float]
+    """The model's raw scores (ensemble-combined), before shaping."""
+    passed: list[bool] | None = None
+    """reward ≥ reward_threshold per item, when a threshold is configured."""
+    member_names: list[str] | None = None
+    """Ensemble members, in the order of member_rewards."""
+    member_rewards: list[list[float]] | None = None
+    """Raw score of each member, per item (ensembles only)."""
+    reward_std: list[float] | None = None
+    """Population std of the raw member scores, per item (ensembles only)."""
+
+
+# ---- OpenRLHF /get_reward -----------------------------------------------------------------------------------------
+
+
+class GetRewardRequest(Ignore):
+    query: list[Text] = Field(max_length=MAX_ITEMS)
+    """Rendered prompt + response texts (the policy's template, special tokens included); may be empty."""
+    prompts: list[Text | None] | None = Field(None, max_length=MAX_ITEMS)
+    """The prompt part of each query; the rest counts as the response for length penalties."""
+    labels: list[Any] | None = Field(None, max_length=MAX_ITEMS)
+    """Dataset labels; accepted and unused."""
+
+
+class GetRewardResponse(Forbid):
+    rewards: list[float]
+    """Shaped rewards, aligned with query."""
+    scores: list[float]
+    """Equal to rewards, as OpenRLHF's reference server answers."""
+    extra_logs: dict[str, list[float]]
+    """Logged by the trainer: raw_reward (and passed as 0/1 when a threshold is set)."""
+
+
+# ---- NeMo Gym /verify ---------------------------------------------------------------------------------------------
+
+
+class GymCreateParams(Allow):
+    input: Text | Annotated[list[dict[str, Any]], Field(max_length=MAX_ITEMS)]
+    """The prompt: a string, or Responses API input items (messages, function calls and outputs, reasoning)."""
+
+
+class GymResponse(Allow):
+    output: Annotated[list[dict[str, Any]], Field(max_length=MAX_ITEMS)] = []
+    """The policy's output items; the reward model reads message text and function calls."""
+
+
+class VerifyRequest(Allow):
+    """A NeMo Gym BaseVerifyRequest; every field, unknown task fields included, is echoed back."""
+
+    responses_create_params: GymCreateParams
+    """What the policy was asked (Responses API create params)."""
+    response: GymResponse
+    """What the policy answered (a Responses API response)."""
+
+
+class AggregateMetricsRequest(Allow):
+    verify_responses: list[dict[str, Any]] = Field([], max_length=100 * MAX_ITEMS)
+    """/verify answers, each with _ng_task_index and numeric fields such as reward."""
+
+
+# ---- vLLM /pooling, /classify; SGLang /classify; LLaMA-Factory ----------------------------------------------------
+
+
+class ChatMessage(Ignore):
+    role: str = Field(max_length=64)
+    """Who speaks."""
+    content: Text | list[dict[str, Any]] | None = None
+    """A string, or OpenAI typed parts whose text parts are joined."""
+
+
+class EngineRequest(Ignore):
+    """Fields common to vLLM's /pooling and /classify (completion form `input` or chat form `messages`) and SGLang's
+    /classify (`text` or `input_ids`)."""
+
+    model: str | None = None
+    """Ignored: the server scores with the model it serves."""
+    input: Text | list[Text] | list[int] | list[list[int]] | None = Field(None, max_length=MAX_ITEMS)
+    """vLLM completion form: a text, texts, token ids, or lists of token ids."""
+    messages: Annotated[list[ChatMessage], Field(max_length=MAX_ITEMS)] | None = None
+    """vLLM chat form: one conversation, rendered with the reward model's own template."""
+    text: Text | list[Text] | None = Field(None, max_length=MAX_ITEMS)
+    """SGLang form: a rendered text or texts."""
+    input_ids: list[int] | list[list[int]] | None = Field(None, max_length=MAX_ITEMS)
+    """SGLang form: token ids instead of text."""
+    add_special_tokens: bool | None = None
+    """vLLM: add the tokenizer's special tokens (default true for input, false for messages)."""
+    truncate_prompt_tokens: int | None = Field(None, ge=-1)
+    """vLLM: keep only this many tokens (-1: the model's max length)."""
+    truncation_side: Literal["left", "right"] = "left"
+    """vLLM: 'left' keeps the last tokens, 'right' the first."""
+    add_generation_prompt: bool = False
+    """vLLM chat form; must not be combined with continue_final_message."""
+    continue_final_message: bool = False
+    """vLLM chat form; accepted, the conversation is scored as given."""
+    use_activation: bool | None = None
+    """vLLM: sigmoid of the score when absent or true (the classify default); false gives the raw logit."""
+    task: Literal["classify"] | None = None
+    """vLLM /pooling task; a reward model serves 'classify' only."""
+    encoding_format: Literal["float"] = "float"
+    """vLLM /pooling: only 'float' is served."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_legacy_normalize(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "normalize" in data:
+            raise ValueError("'normalize' was removed from vLLM's pooling API; use 'use_activation' instead")
+        return data
+
+    @model_validator(mode="after")
+    def _one_form(self) -> EngineRequest:
+        given = [k for k in ("input", "messages", "text", "input_ids") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of 'input', 'messages', 'text' or 'input_ids' (got {given or 'none'})")
+        if self.add_generation_prompt and self.continue_final_message:
+            raise ValueError("add_generation_prompt and continue_final_message cannot both be true")
+        return self
+
+
+class ScoreEvaluationRequest(Ignore):
+    model: str | None = None
+    """Ignored: the server scores with the model it serves."""
+    messages: list[Text] = Field(max_length=MAX_ITEMS)
+    """Full texts to score (LLaMA-Factory renders them itself); an empty list is a 400."""
+    max_length: int | None = Field(None, gt=0)
+    """Keep only the last max_length tokens of each text."""
