@@ -32,7 +32,7 @@ def to_messages(text: str | Sequence[dict[str, Any]], role: str = "user") -> lis
     parts = _HH_TURN.split(text)[1:]  # [speaker, content, speaker, content, ...]
     turns = [
         {"role": "user" if who == "Human" else "assistant", "content": content.strip()}
-        for who, content in zip(parts[::2], parts[1::2])
+        for who, content in zip(parts[::2], parts[1::2], strict=False)
     ]
     return [t for t in turns if t["content"]]  # the trailing "\n\nAssistant:" marker has no content
 

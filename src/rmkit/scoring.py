@@ -59,7 +59,7 @@ class Scorer:
         """Rewards of (prompt, response) pairs; prompts and responses are text or chat message lists."""
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-        return self.score_texts([self.render(p, r) for p, r in zip(prompts, responses)])
+        return self.score_texts([self.render(p, r) for p, r in zip(prompts, responses, strict=True)])
 
     def score_texts(self, texts: Sequence[str]) -> list[float]:
         """Rewards of text that is already rendered (for example a policy's decoded prompt + completion)."""
