@@ -17,6 +17,13 @@ _EXPORTS = {
     "evaluate": "rmkit.evaluation",
     "Scorer": "rmkit.scoring",
     "render": "rmkit.encoding",
+    "calibrate": "rmkit.calibration",
+    "RewardClient": "rmkit.client",
+    "create_app": "rmkit.server",
+    "reward_function": "rmkit.rl",
+    "RewardModelEnvironment": "rmkit.rl",
+    "kl_shaped_rewards": "rmkit.shaping",
+    "run_grpo": "rmkit.grpo",
 }
 __all__ = ["__version__", *_EXPORTS]
 
