@@ -314,11 +314,11 @@ def differences(s: Settings, results: dict[str, dict[str, Any]]) -> list[str]:
         "Batch order: rmkit groups pairs of similar length into batches (its default: less padding); TRL samples "
         "uniformly at random. 'rmkit-nogroup' (train.length_grouping=false) isolates the loop from that. Each run is "
         "one epoch over the same N pairs, each in its own seeded order.",
-        f"Optimiser code: rmkit uses torch.optim.AdamW with torch's default implementation (a per-tensor loop on CPU), "
-        f"TRL {trl_optim}; same AdamW maths, lr {s.lr}, betas {s.optim.betas}, weight decay {s.optim.weight_decay}, "
+        f"Optimiser code: rmkit uses torch.optim.AdamW(fused=True), TRL {trl_optim}; same AdamW maths, lr {s.lr}, "
+        f"betas {s.optim.betas}, weight decay {s.optim.weight_decay}, "
         f"clip {s.optim.max_grad_norm}, {s.optim.schedule} schedule with {s.warmup_steps} warmup steps of {s.steps}. "
         "'optim s' is the time inside optimizer.step() (torch's global step hooks), part of 'loop s'; "
-        "--trl-optim adamw_torch gives TRL rmkit's implementation.",
+        "--trl-optim adamw_torch_fused gives TRL rmkit's implementation.",
         "Input: TRL gets rmkit's token ids (its pre-tokenised chosen_ids/rejected_ids columns), so it appends no EOS "
         "and filters nothing; from text it would append its EOS (BERT tokenizers have none) and drop pairs over "
         "max_length where rmkit cuts the prompt from the left.",
@@ -369,7 +369,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--trainers", default=",".join(TRAINERS),
                    help=f"comma-separated subset of {', '.join(TRAINERS)} (default: all)")
     p.add_argument("--trl-optim", help="TRL's `optim` (default: TRL's own, adamw_torch_fused on torch>=2.8; "
-                                       "adamw_torch is rmkit's implementation)")
+                                       "adamw_torch_fused is rmkit's implementation)")
     p.add_argument("--quick", action="store_true", help="tiny smoke run; writes results/bench_train_quick.json")
     p.add_argument("--keep", action="store_true", help="keep the run directories (printed) instead of deleting them")
     p.add_argument("--only", choices=TRAINERS, help=argparse.SUPPRESS)  # a child: run one trainer, print JSON

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from rmkit.loss import bradley_terry_loss
+from rmkit.loss import bradley_terry_loss, length_correlation_penalty
 
 
 def test_bt_loss_matches_hand_worked_values():
@@ -37,3 +37,32 @@ def test_centering_term_adds_mean_squared_reward_sum():
 def test_mismatched_shapes_are_an_error():
     with pytest.raises(ValueError, match="equal 1-D shapes"):
         bradley_terry_loss(torch.zeros(2), torch.zeros(3))
+
+
+
+def test_length_correlation_penalty_is_the_squared_slope_on_standardised_lengths():
+    # [1,2,3] vs [3,2,1]: x = [-1,0,1], y/std = [1.2247, 0, -1.2247]; cov = -2.449/3 = -0.8165 → 0.6667
+    assert length_correlation_penalty(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([3.0, 2.0, 1.0])).item() == pytest.approx(2 / 3)
+    # [1,2,3] vs [2,2,5]: y/std = [-0.7071, -0.7071, 1.4142]; cov = 2.1213/3 = 0.7071 → 0.5
+    assert length_correlation_penalty(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([2.0, 2.0, 5.0])).item() == pytest.approx(0.5)
+    # lengths are standardised (their scale does not matter); rewards are not (10x rewards → 100x penalty)
+    assert length_correlation_penalty(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([20.0, 20.0, 50.0])).item() == pytest.approx(0.5)
+    assert length_correlation_penalty(torch.tensor([10.0, 20.0, 30.0]), torch.tensor([2.0, 2.0, 5.0])).item() == pytest.approx(50.0)
+
+
+def test_length_correlation_penalty_is_zero_without_length_spread_and_keeps_the_graph():
+    delta = torch.tensor([0.5, -0.2, 0.1], requires_grad=True)
+    value = length_correlation_penalty(delta, torch.tensor([4.0, 4.0, 4.0]))
+    assert value.item() == 0.0
+    value.backward()
+    assert delta.grad is not None and torch.all(delta.grad == 0)
+    assert length_correlation_penalty(torch.tensor([1.0]), torch.tensor([2.0])).item() == 0.0
+
+
+def test_length_correlation_penalty_gradient_pushes_towards_zero_correlation():
+    delta = torch.tensor([1.0, 2.0, 3.5], requires_grad=True)
+    lengths = torch.tensor([1.0, 2.0, 3.0])
+    before = length_correlation_penalty(delta, lengths)
+    before.backward()
+    after = length_correlation_penalty((delta - 0.1 * delta.grad).detach(), lengths)
+    assert after < before

@@ -117,6 +117,10 @@ class TrainingConfig(Strict):
     """Batch pairs of similar length together to cut padding (shuffled in groups, so still random)."""
     center_coef: float = Field(0.0, ge=0.0)
     """Weight of the reward-centering term mean((r_c + r_r)^2)."""
+    length_decorrelation: float = Field(0.0, ge=0.0)
+    """Weight of the length-decorrelation term (rmkit.loss.length_correlation_penalty): the squared slope of r_c − r_r
+    on the standardised length gap, per batch. Discourages length as the signal: a reward model that learns "shorter
+    wins" from refusal data, or "longer wins" from helpfulness data, is what RL then exploits."""
     eval_every: int = Field(50, ge=1)
     """Validate every N optimiser steps (and at the end)."""
     save_every: int = Field(50, ge=1)

@@ -36,3 +36,31 @@ def bradley_terry_loss(
     if center_coef:
         loss = loss + center_coef * (chosen + rejected).pow(2).mean()
     return loss
+
+
+
+def length_correlation_penalty(delta: torch.Tensor, length_delta: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Squared covariance of reward gaps with standardised length gaps over a batch of pairs: the squared slope of
+    r_c − r_r regressed on (len_c − len_r) / std.
+
+    Added to the Bradley–Terry loss it discourages response length as the signal (in the spirit of ODIN, Chen et al.,
+    2024, with a batch statistic instead of a separate length head). Not the correlation itself: that is scale-free,
+    and its gradient, ∝ 1 / std(delta), explodes at the start of training when every gap is near 0. The slope grows
+    with the rewards, so the term is negligible until the model starts to lean on length.
+
+    Args:
+        delta: (B,) r_chosen − r_rejected.
+        length_delta: (B,) len_chosen − len_rejected in tokens.
+
+    Returns:
+        A scalar tensor, 0 when the batch's length gaps are all equal. Example: delta = [1, 2, 3], length_delta =
+        [3, 2, 1] → standardised lengths [1.22, 0, −1.22], covariance −0.816 → 0.667.
+    """
+    if delta.shape != length_delta.shape or delta.dim() != 1:
+        raise ValueError(f"delta and length_delta must be equal 1-D shapes, got {tuple(delta.shape)} and "
+                         f"{tuple(length_delta.shape)}")
+    y = (length_delta - length_delta.mean()).to(delta.dtype)
+    spread = y.pow(2).mean().sqrt()
+    if delta.numel() < 2 or spread < eps:
+        return 0.0 * delta.sum()  # no length signal in this batch; keeps the graph
+    return ((delta - delta.mean()) * (y / spread)).mean().pow(2)

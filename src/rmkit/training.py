@@ -28,7 +28,7 @@ from rmkit.config import DataConfig, OptimConfig, TrainConfig, dump_config
 from rmkit.data import PreferencePair, read_pairs, split_by_prompt
 from rmkit.encoding import EncodedPair, Encoder, collate, encode_pairs, length_grouped_batches
 from rmkit.evaluation import evaluate, format_summary, write_json
-from rmkit.loss import bradley_terry_loss
+from rmkit.loss import bradley_terry_loss, length_correlation_penalty
 from rmkit.model import ModelCard, RewardModel, load_for_training, save_model
 from rmkit.scoring import Scorer
 
@@ -212,6 +212,10 @@ def train(cfg: TrainConfig) -> Path:
                 scores = model(batch.input_ids, batch.attention_mask)  # (2b,)
                 chosen, rejected = scores.float().chunk(2)  # (b,), (b,)
                 loss = bradley_terry_loss(chosen, rejected, batch.margin, tc.center_coef)
+                if tc.length_decorrelation:
+                    chosen_len, rejected_len = batch.attention_mask.sum(1).float().chunk(2)  # (b,), (b,)
+                    loss = loss + tc.length_decorrelation * length_correlation_penalty(
+                        chosen - rejected, chosen_len - rejected_len)
                 seen = accelerator.gather(loss.detach().reshape(1))
                 if not torch.isfinite(seen).all():
                     last = checkpoint.latest_checkpoint(ckpt_root)
