@@ -30,7 +30,7 @@ def _chunks(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-def _merge(answers: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def _merge_answers(answers: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Concatenate the per-item lists of several /score answers; other fields come from the first."""
     merged = dict(answers[0])
     for key, value in merged.items():
@@ -125,7 +125,7 @@ class RewardClient:
         """POST /score for any number of items ({prompt, response} or {messages}); one merged answer, in order."""
         if not items:
             return {"rewards": [], "raw_rewards": []}
-        return _merge([self._request("POST", "/score", {"items": list(items[s])})
+        return _merge_answers([self._request("POST", "/score", {"items": list(items[s])})
                        for s in _chunks(len(items), self.batch_size)])
 
     def score(self, prompts: Sequence[Any], responses: Sequence[Any]) -> list[float]:
@@ -152,7 +152,7 @@ class RewardClient:
             return {"rewards": [], "raw_rewards": []}
         calls = [self._arequest("POST", "/score", {"items": list(items[s])})
                  for s in _chunks(len(items), self.batch_size)]
-        return _merge(await asyncio.gather(*calls))
+        return _merge_answers(await asyncio.gather(*calls))
 
     async def ascore(self, prompts: Sequence[Any], responses: Sequence[Any]) -> list[float]:
         items = [{"prompt": p, "response": r} for p, r in zip(prompts, responses, strict=True)]

@@ -167,11 +167,11 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     return tree
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def merge_mappings(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = merge_mappings(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -186,17 +186,23 @@ def build_config(raw: dict[str, Any], source: str = "config") -> TrainConfig:
         raise ConfigError(f"{source} is not a valid rmkit config:\n" + "\n".join(lines)) from None
 
 
+def read_yaml_mapping(path: str | Path | None, shape: str) -> dict[str, Any]:
+    """A YAML file's top-level mapping ({} for None or an empty file); `shape` says what was expected, for the error."""
+    if path is None:
+        return {}
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: {shape}")
+    return raw
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
     """Read a YAML config (or start from the defaults when path is None) and apply key=value overrides."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{path}: cannot read config: {exc}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: a config is a YAML mapping with sections model, data, optim, train")
-    raw = _merge(raw, parse_overrides(overrides or []))
+    raw = read_yaml_mapping(path, "a config is a YAML mapping with sections model, data, optim, train")
+    raw = merge_mappings(raw, parse_overrides(overrides or []))
     return build_config(raw, source=str(path or "defaults"))
 
 

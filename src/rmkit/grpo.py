@@ -17,7 +17,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator
 from transformers import TrainerCallback
 
-from rmkit.config import ConfigError, LoraConfig, Strict, parse_overrides
+from rmkit.config import ConfigError, LoraConfig, Strict, merge_mappings, parse_overrides, read_yaml_mapping
 from rmkit.shaping import ShapingConfig
 
 log = logging.getLogger(__name__)
@@ -109,26 +109,11 @@ class GrpoConfig(Strict):
     """GRPO loop, batch shape, logging."""
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in extra.items():
-        both = isinstance(value, dict) and isinstance(merged.get(key), dict)
-        merged[key] = _merge(merged[key], value) if both else value
-    return merged
-
-
 def load_grpo_config(path: str | Path | None, overrides: list[str] | None = None) -> GrpoConfig:
     """Read a YAML GRPO config (or the defaults) and apply key=value overrides; every problem is reported at once."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{path}: cannot read config: {exc}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: a GRPO config is a YAML mapping with sections policy, reward, data, train")
+    raw = read_yaml_mapping(path, "a GRPO config is a YAML mapping with sections policy, reward, data, train")
     try:
-        return GrpoConfig.model_validate(_merge(raw, parse_overrides(overrides or [])))
+        return GrpoConfig.model_validate(merge_mappings(raw, parse_overrides(overrides or [])))
     except ValidationError as exc:
         lines = [f"  {'.'.join(str(p) for p in err['loc'])}  {err['msg']}" for err in exc.errors()]
         raise ConfigError(f"{path or 'defaults'} is not a valid rmkit GRPO config:\n" + "\n".join(lines)) from None

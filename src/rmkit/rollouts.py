@@ -10,10 +10,7 @@ A row (one JSON line): the task fields of the prompt row echoed, plus
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -24,6 +21,7 @@ import numpy as np
 
 from rmkit.data import DataError, read_rows
 from rmkit.encoding import to_messages
+from rmkit.rows import write_jsonl
 from rmkit.scoring import gym_prompt, gym_response
 
 log = logging.getLogger(__name__)
@@ -152,17 +150,6 @@ def rollout_row(task: int, k: int, messages: list[dict[str, str]], c: Completion
     }
 
 
-def _write_jsonl(rows: Iterable[dict[str, Any]], path: str | Path) -> None:
-    """Write rows atomically: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    os.replace(tmp, path)
-
-
 def collect(prompts: str | Path | Sequence[str | Path], policy: str, reward: Any, out: str | Path, n: int = 4,
             max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
             limit: int | None = None, device: str = "auto", **shaping: Any) -> int:
@@ -204,7 +191,7 @@ def collect(prompts: str | Path | Sequence[str | Path], policy: str, reward: Any
             row["reward_member_std"] = float(scored.member_std[i])
         if scored.passed is not None:
             row["passed"] = bool(scored.passed[i])
-    _write_jsonl(rows, out)
+    write_jsonl(rows, out)
     return len(rows)
 
 
@@ -273,7 +260,7 @@ def rerank(rollouts: str | Path, reward: Any, heldout: Any, out: str | Path | No
             for src in (reward, heldout))
     report, picks = best_of_n([row["_ng_task_index"] for row in rows], a, b)
     if out is not None:
-        _write_jsonl(({**rows[i], "rerank_reward": float(a[i]), "heldout_reward": float(b[i])} for i in picks), out)
+        write_jsonl(({**rows[i], "rerank_reward": float(a[i]), "heldout_reward": float(b[i])} for i in picks), out)
     return {"reward_model": str(reward), "heldout_model": str(heldout), **report}
 
 

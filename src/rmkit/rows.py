@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -156,3 +158,19 @@ def _dataset_rows(name: str, dataset: Any) -> Iterator[tuple[str, dict | DataErr
         raise DataError(f"{name}: a DatasetDict with splits {splits}; pass one split, e.g. "
                         f"{name}/{next(iter(dataset), 'train')} (or dataset['train'] in memory).")
     return _objects(name, enumerate(dataset, 1))
+
+
+def write_jsonl(rows: Iterable[dict[str, Any]], path: str | Path) -> Path:
+    """Write one JSON object per line, atomically (temp file + rename): readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

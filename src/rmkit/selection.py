@@ -10,9 +10,6 @@ Knows scorers and JSONL files; knows nothing of training or HTTP.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +18,7 @@ from typing import Any, Literal
 import numpy as np
 
 from rmkit import metrics
+from rmkit.rows import write_jsonl
 
 Method = Literal["auto", "margin", "disagreement"]
 TRIAGE_MIN_PROB = 0.9
@@ -101,18 +99,6 @@ def confident_disagreements(delta, temperature: float = 1.0, min_prob: float = T
     p = metrics.bt_probability(-np.asarray(delta, dtype=float), temperature)
     order = np.argsort(-p, kind="stable")
     return [int(i) for i in order if p[i] >= min_prob], p
-
-
-def write_jsonl(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """Write one JSON object per line, atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-    return path
 
 
 def select(model_dirs: Sequence[str | Path], pool: Any, k: int, out: str | Path, method: Method = "auto"

@@ -29,7 +29,7 @@ import numpy as np
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from rmkit.config import ConfigError, Strict, _merge, parse_overrides
+from rmkit.config import ConfigError, Strict, merge_mappings, parse_overrides
 from rmkit.protocols import MAX_CHARS, MAX_ITEMS
 from rmkit.shaping import ShapingConfig, dapo_length_penalty, linear_length_penalty
 
@@ -99,7 +99,7 @@ def load_serve_config(source: str | Path, overrides: Sequence[str] = ()) -> Serv
             raise ConfigError(f"{source}: neither a model directory nor a readable YAML config: {exc}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{source}: a serve config is a YAML mapping (model_dirs, host, port, shaping, ...)")
-    raw = _merge(raw, parse_overrides(list(overrides)))
+    raw = merge_mappings(raw, parse_overrides(list(overrides)))
     if raw.get("token") is None and os.environ.get("RMKIT_TOKEN"):
         raw["token"] = os.environ["RMKIT_TOKEN"]
     try:
