@@ -102,3 +102,10 @@ def test_token_budget_batches_respect_the_budget():
     batches = token_budget_batches(lengths, max_tokens=100, max_batch=8)
     assert sorted(i for b in batches for i in b) == list(range(6))
     assert all(len(b) * max(lengths[i] for i in b) <= 100 or len(b) == 1 for b in batches)
+
+
+def test_token_budget_batches_never_pad_a_short_row_up_to_a_long_one():
+    assert token_budget_batches([100, 90, 10, 9], max_tokens=10_000, max_batch=8) == [[0, 1], [2, 3]]
+    lengths = [512, 20, 300, 25, 480, 30, 310]
+    for batch in token_budget_batches(lengths, max_tokens=16384, max_batch=64):
+        assert min(lengths[i] for i in batch) >= 0.75 * max(lengths[i] for i in batch)

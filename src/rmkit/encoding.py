@@ -168,13 +168,22 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int, g
     return batches
 
 
-def token_budget_batches(lengths: Sequence[int], max_tokens: int, max_batch: int) -> list[list[int]]:
-    """Indices sorted by length and cut into batches whose padded size (rows × longest) stays within max_tokens."""
+def token_budget_batches(lengths: Sequence[int], max_tokens: int, max_batch: int,
+                         min_fill: float = 0.75) -> list[list[int]]:
+    """Indices sorted by length, longest first, cut into batches whose padded size (rows × longest) stays within
+    max_tokens and whose rows are all at least `min_fill` × the longest: a short row never pads up to a long one,
+    which matters when a few dozen texts of mixed length arrive together (the reward server's batches).
+
+    Example: lengths [100, 90, 10, 9], a large budget → [[0, 1], [2, 3]] (10 < 0.75 × 100 starts a new batch).
+    """
     order = sorted(range(len(lengths)), key=lengths.__getitem__, reverse=True)
     batches: list[list[int]] = []
     for i in order:
-        if batches and len(batches[-1]) < max_batch and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= max_tokens:
-            batches[-1].append(i)
-        else:
-            batches.append([i])
+        if batches:
+            batch = batches[-1]
+            longest = lengths[batch[0]]
+            if len(batch) < max_batch and (len(batch) + 1) * longest <= max_tokens and lengths[i] >= min_fill * longest:
+                batch.append(i)
+                continue
+        batches.append([i])
     return batches
