@@ -175,3 +175,26 @@ def test_length_decorrelation_weakens_a_pure_length_signal(tmp_path):
     decorrelated = slope(train(config(path, tmp_path / "decor", *common, "train.length_decorrelation=10")))
     assert plain < -0.6  # without the term, the gap follows length (shorter wins)
     assert abs(decorrelated) < abs(plain) - 0.2
+
+
+def test_source_weights_set_each_files_share_of_an_epoch(tmp_path):
+    from rmkit.training import load_splits
+
+    paths = []
+    for name, n in (("big", 40), ("small", 10)):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps({"prompt": f"{name} {i}", "chosen": "a", "rejected": "b"}) + "\n"
+                                for i in range(n)))
+        paths.append(str(path))
+
+    def shares(*extra: str) -> dict[str, int]:
+        cfg = load_config(None, [f"data.paths=[{paths[0]}, {paths[1]}]", "data.val_fraction=0", "data.test_fraction=0",
+                                 *extra])
+        train_pairs = load_splits(cfg.data, seed=0)["train"]
+        return {name: sum(p.prompt.startswith(name) for p in train_pairs) for name in ("big", "small")}
+
+    assert shares() == {"big": 40, "small": 40}  # balanced: the small file oversampled
+    assert shares("data.source_weights=[1, 2]") == {"big": 20, "small": 40}  # big subsampled to half the small's share
+    assert shares("data.balance_sources=false") == {"big": 40, "small": 10}
+    with pytest.raises(ValueError, match="2 files"):
+        shares("data.source_weights=[1]")

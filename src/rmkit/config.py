@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError
 
 DEFAULT_DATA = ("data/hh-rlhf-harmless/pairs.jsonl", "data/pandalm/pairs.jsonl")
 
@@ -74,6 +74,10 @@ class DataConfig(Strict):
     balance_sources: bool = True
     """Oversample smaller training files so that every file contributes equally per epoch; keeps one data set
     (for example harmlessness) from dominating what the model learns."""
+    source_weights: list[PositiveFloat] | None = None
+    """With balance_sources: the relative share of each file (in `paths` order) in a training epoch, for example
+    [1, 2] for twice as many pairs from the second file; a file below its share is oversampled, one above it
+    subsampled (a different subsample each seed). Default: equal shares."""
     max_length: int = Field(256, ge=8)
     """Tokens per (prompt, response) after rendering; the prompt is cut from the left, the response end is kept."""
     max_train_pairs: int | None = None

@@ -52,14 +52,25 @@ def load_splits(cfg: DataConfig, seed: int) -> dict[str, list[PreferencePair]]:
         val += val_part
         test += test_part
     rng = random.Random(seed)
+    if cfg.source_weights is not None and len(cfg.source_weights) != len(per_file):
+        raise ValueError(f"data.source_weights has {len(cfg.source_weights)} weights for {len(per_file)} files")
     if cfg.balance_sources and len(per_file) > 1:
+        weights = cfg.source_weights or [1.0] * len(per_file)
         target = max(len(part) for part in per_file)
-        per_file = [part + rng.choices(part, k=target - len(part)) if part else part for part in per_file]
+        per_file = [_resample(part, round(target * w / max(weights)), rng) for part, w in zip(per_file, weights,
+                                                                                               strict=True)]
     train = [pair for part in per_file for pair in part]
     rng.shuffle(train)
     if cfg.max_train_pairs is not None:
         train = train[: cfg.max_train_pairs]
     return {"train": train, "val": val, "test": test}
+
+
+def _resample(pairs: list[PreferencePair], k: int, rng: random.Random) -> list[PreferencePair]:
+    """k pairs: all of them plus random repeats when k is larger, a random subset when k is smaller."""
+    if not pairs or k == len(pairs):
+        return pairs
+    return pairs + rng.choices(pairs, k=k - len(pairs)) if k > len(pairs) else rng.sample(pairs, k)
 
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
