@@ -56,3 +56,14 @@ def llama_scorer(llama_dir):
     from rmkit.scoring import Scorer
 
     return Scorer.load(llama_dir, device="cpu")
+
+
+def plain_transformers_rewards(model_dir: Path, texts: list[str], add_special_tokens: bool) -> torch.Tensor:
+    """TRL-style scoring with nothing of rmkit: AutoModel + AutoTokenizer, right padding, logits[:, 0]."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    hf = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1).eval()
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    batch = tok(texts, padding=True, padding_side="right", add_special_tokens=add_special_tokens, return_tensors="pt")
+    with torch.inference_mode():
+        return hf(**batch).logits[:, 0]

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from conftest import make_model_dir
+from conftest import make_model_dir, plain_transformers_rewards
 from rmkit.config import load_config
 from rmkit.model import merge_lora
 from rmkit.scoring import Scorer
@@ -29,12 +28,7 @@ def test_a_real_backbone_model_dir_loads_in_transformers_with_equal_rewards(back
         model_dir = merge_lora(model_dir, tmp_path / "merged")  # plain transformers reads the merged folder
     scorer = Scorer.load(model_dir, device="cpu")
     texts = [scorer.render(p, r) for p, r in TEXTS]
-    hf = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1).eval()
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    batch = tok(texts, padding=True, padding_side="right", add_special_tokens=scorer.card.add_special_tokens,
-                return_tensors="pt")
-    with torch.inference_mode():
-        theirs = hf(**batch).logits[:, 0]
+    theirs = plain_transformers_rewards(model_dir, texts, scorer.card.add_special_tokens)
     ours = torch.tensor(scorer.score_texts(texts), dtype=theirs.dtype)
     torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=1e-4)
     assert ours[0] != ours[1]

@@ -2,8 +2,9 @@ import json
 
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoTokenizer
 
+from conftest import plain_transformers_rewards
 from rmkit.encoding import pad_sequences
 from rmkit.model import last_attended_index, load_model, merge_lora, read_card, right_padded
 from rmkit.scoring import Scorer
@@ -59,12 +60,7 @@ def test_plain_transformers_scores_equal_rmkit_scores(fixture, request):
     model_dir = request.getfixturevalue(fixture)
     scorer = Scorer.load(model_dir, device="cpu")
     texts = [scorer.render(p, r) for p, r in TEXTS]
-    hf = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1).eval()
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    batch = tok(texts, padding=True, padding_side="right", add_special_tokens=scorer.card.add_special_tokens,
-                return_tensors="pt")
-    with torch.inference_mode():
-        theirs = hf(**batch).logits[:, 0]
+    theirs = plain_transformers_rewards(model_dir, texts, scorer.card.add_special_tokens)
     torch.testing.assert_close(theirs, torch.tensor(scorer.score_texts(texts), dtype=theirs.dtype), atol=1e-5, rtol=1e-5)
 
 
