@@ -203,10 +203,9 @@ def score_file(
     form an ensemble.
     """
     import json
-    import os
-    import tempfile
 
     from rmkit.ensemble import Ensemble
+    from rmkit.rows import write_jsonl
 
     input_path, output_path = Path(input_path), Path(output_path)
     rows, prompts, responses = [], [], []
@@ -226,16 +225,5 @@ def score_file(
     ensemble = Ensemble.load(dirs, shaping, device=device, max_length=max_length, max_tokens=batch_tokens,
                              max_batch=max_batch, progress=True)
     out = ensemble.rewards(prompts, responses)
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output_path.name}-", dir=output_path.parent)
-    with os.fdopen(fd, "w") as f:
-        for i, row in enumerate(rows):
-            extra: dict[str, Any] = {"reward": float(out.shaped[i]), "raw_reward": float(out.raw[i])}
-            if out.passed is not None:
-                extra["passed"] = bool(out.passed[i])
-            if out.members is not None:
-                extra["member_rewards"] = out.members[:, i].tolist()
-                extra["reward_std"] = float(out.member_std[i])
-            f.write(json.dumps({**row, **extra}) + "\n")
-    os.replace(tmp, output_path)
+    write_jsonl(({**row, **out.item(i)} for i, row in enumerate(rows)), output_path)
     return len(rows)

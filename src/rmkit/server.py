@@ -290,15 +290,11 @@ def create_app(load_backend: Callable[[], Any], cfg: ServeConfig):
         check_limits([text_chars(prompt) + len(response)])
         backend = request.app.state.backend
         encoded, out = await run(request, lambda: backend.encode_pairs([prompt], [response]))
-        result = {**echo, "reward": float(out.shaped[0]), "raw_reward": float(out.raw[0])}
+        result = {**echo, **out.item(0)}
         penalty = length_penalties(backend.shaping, [encoded[0].response_tokens])
         if penalty is not None:  # components sum to reward exactly: model part = reward − penalty
             parts = {"reward_model": result["reward"] - float(penalty[0]), "length_penalty": float(penalty[0])}
             result.update(reward_components=parts, **parts)
-        if out.passed is not None:
-            result["passed"] = bool(out.passed[0])
-        if out.members is not None:
-            result.update(member_rewards=out.members[:, 0].tolist(), reward_std=float(out.member_std[0]))
         return result
 
     @app.post("/seed_session")

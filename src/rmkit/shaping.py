@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -84,6 +84,16 @@ class ShapedRewards:
     members: np.ndarray | None  # (M, N) raw member scores, None for a single model
     member_std: np.ndarray | None  # (N,) population std over members in raw units, None for a single model
     passed: np.ndarray | None  # (N,) bool, shaped >= reward_threshold; None when no threshold is set
+
+    def item(self, i: int) -> dict[str, Any]:
+        """Item i's fields as scored rows and NeMo Gym /verify answers carry them: `reward` (shaped), `raw_reward`,
+        `passed` when a threshold is set, `member_rewards` and `reward_std` for an ensemble."""
+        fields: dict[str, Any] = {"reward": float(self.shaped[i]), "raw_reward": float(self.raw[i])}
+        if self.passed is not None:
+            fields["passed"] = bool(self.passed[i])
+        if self.members is not None:
+            fields.update(member_rewards=self.members[:, i].tolist(), reward_std=float(self.member_std[i]))
+        return fields
 
 
 def combine_ensemble(
