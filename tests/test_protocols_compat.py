@@ -10,8 +10,8 @@ import math
 import pytest
 from fastapi.testclient import TestClient
 
-from rmkit.ensemble import Ensemble
-from rmkit.scoring import gym_prompt, gym_response, score_file
+from rmkit.ensemble import Ensemble, score_file
+from rmkit.gym import gym_prompt, gym_response
 from rmkit.server import ServeConfig, create_app
 from rmkit.shaping import ShapingConfig
 

@@ -195,7 +195,7 @@ def test_request_past_its_deadline_gets_504_and_later_requests_still_work(llama_
 def test_forward_runs_in_the_batcher_thread_not_the_event_loop(llama_scorer):
     with make_client([llama_scorer], ensemble_cls=SlowEnsemble) as c:
         assert c.post("/score", json={"items": items()}).status_code == 200
-        backend = c.app.state.backend
+        backend = c.app.state.service.backend
     assert backend.threads == {"rmkit-forward_0"}
 
 

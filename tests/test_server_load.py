@@ -82,14 +82,14 @@ def test_shutdown_drains_in_flight_requests(llama_scorer):
         for t in threads:
             t.start()
         deadline = time.monotonic() + 30
-        while app.state.batcher.depth + sum(app.state.backend.batches) < 6 and time.monotonic() < deadline:
+        while app.state.service.batcher.depth + sum(app.state.service.backend.batches) < 6 and time.monotonic() < deadline:
             time.sleep(0.005)  # until all six are in: one batch running, the rest queued
-        assert len(app.state.backend.batches) < 3, "the requests finished before shutdown could start"
+        assert len(app.state.service.backend.batches) < 3, "the requests finished before shutdown could start"
         live.server.should_exit = True
         for t in threads:
             t.join(30)
     assert results == [200] * 6
-    assert sum(app.state.backend.batches) == 6
+    assert sum(app.state.service.backend.batches) == 6
 
 
 def test_health_answers_while_a_forward_runs(llama_scorer):
@@ -98,7 +98,7 @@ def test_health_answers_while_a_forward_runs(llama_scorer):
         slow = threading.Thread(target=httpx.post, args=(f"{live.url}/score",),
                                 kwargs={"json": {"items": [{"prompt": "p", "response": "r"}]}, "timeout": 30})
         slow.start()
-        while not app.state.backend.batches:
+        while not app.state.service.backend.batches:
             time.sleep(0.01)
         start = time.perf_counter()
         assert httpx.get(f"{live.url}/health").status_code == 200

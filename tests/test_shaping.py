@@ -18,7 +18,6 @@ from rmkit.shaping import (
     clip,
     combine_ensemble,
     dapo_length_penalty,
-    group_advantages,
     kl_estimate,
     kl_shaped_rewards,
     linear_length_penalty,
@@ -248,24 +247,6 @@ def test_kl_shaped_rewards_reject_an_empty_mask_row_and_mismatched_shapes():
         kl_shaped_rewards(torch.tensor([1.0]), logp, logp, torch.zeros(1, 3), beta=0.1)
     with pytest.raises(ValueError, match="expected score"):
         kl_shaped_rewards(torch.tensor([1.0, 2.0]), logp, logp, torch.ones(1, 3), beta=0.1)
-
-
-def test_group_advantages_on_one_two_three_four_with_groups_of_two():
-    """Groups [1, 2], [3, 4]: means 1.5, 3.5; unbiased std √0.5 = 0.7071; A = ±0.5/(0.7071 + 1e-4) ≈ ±0.7070."""
-    adv = group_advantages(np.array([1.0, 2.0, 3.0, 4.0]), group_size=2)
-    a = 0.5 / (math.sqrt(0.5) + 1e-4)
-    np.testing.assert_allclose(adv, [-a, a, -a, a])
-    assert a == pytest.approx(0.7070, abs=1e-4)
-
-
-def test_group_advantages_batch_and_none_scales():
-    """'batch': unbiased std of [1, 2, 3, 4] = √(5/3) = 1.2910 → ±0.5/1.2911; 'none': centred only, ±0.5."""
-    r = np.array([1.0, 2.0, 3.0, 4.0])
-    b = 0.5 / (math.sqrt(5 / 3) + 1e-4)
-    np.testing.assert_allclose(group_advantages(r, 2, scale="batch"), [-b, b, -b, b])
-    np.testing.assert_allclose(group_advantages(r, 2, scale="none"), [-0.5, 0.5, -0.5, 0.5])
-    with pytest.raises(ValueError, match="group_size"):
-        group_advantages(r, 3)
 
 
 def test_importing_shaping_does_not_import_torch():

@@ -100,7 +100,7 @@ def cmd_triage(args: argparse.Namespace) -> int:
 
 @verb
 def cmd_score(args: argparse.Namespace) -> int:
-    from rmkit.scoring import score_file
+    from rmkit.ensemble import score_file
     from rmkit.server import load_serve_config
 
     cfg = load_serve_config(args.model_dir, args.set)  # a model directory or a serve YAML: same shaping options

@@ -1,7 +1,9 @@
-"""Ensemble: one or several Scorers read as one reward. Renders and tokenises each input once per member (members may
-use different tokenizers and templates), runs every member's forward, and shapes the scores with rmkit.shaping.
+"""RewardPath: THE way from inputs to rewards, for one model or an ensemble of several: encode (render and tokenise
+once per member; members may use different tokenizers and templates) → forward (every member, item-major (N, M)) →
+shape (rmkit.shaping). `score(encoded)` runs the whole path; the server runs forward in its micro-batcher and shape
+per request. Used by the server, the RL reward function and `score_file` (`rmkit score`), which lives here.
 
-Shared by the server, `rmkit score` and the RL adapters. Knows nothing of HTTP, queues or files.
+Knows nothing of HTTP or queues; reads and writes files only in score_file.
 
 Normalisation of an ensemble (normalize='stored'): each member's score is first normalised with that member's own
 statistics ((r_m − mean_m)/std_m, the card's or the reward_mean/reward_std overrides), then members are combined,
@@ -19,6 +21,8 @@ from typing import Any
 import numpy as np
 
 from rmkit.encoding import Encoder
+from rmkit.gym import split_row
+from rmkit.rows import read_rows, write_jsonl
 from rmkit.scoring import Scorer
 from rmkit.shaping import RunningMoments, ShapedRewards, ShapingConfig, combine_ensemble, shape_rewards
 
@@ -42,8 +46,8 @@ def response_text(response: Any) -> str:
     return "\n\n".join(str(m.get("content") or "") for m in response)
 
 
-class Ensemble:
-    """M ≥ 1 scorers plus the shaping that turns their (M, N) raw scores into N rewards.
+class RewardPath:
+    """M ≥ 1 scorers plus the shaping that turns their (N, M) raw scores into N rewards.
 
     Args:
         scorers: the members, each with its own tokenizer, template and card statistics.
@@ -52,7 +56,7 @@ class Ensemble:
 
     def __init__(self, scorers: Sequence[Scorer], shaping: ShapingConfig | None = None):
         if not scorers:
-            raise ValueError("an Ensemble needs at least one scorer")
+            raise ValueError("a RewardPath needs at least one scorer")
         self.scorers = list(scorers)
         self.shaping = shaping or ShapingConfig()
         self.running = RunningMoments()
@@ -64,7 +68,7 @@ class Ensemble:
 
     @classmethod
     def load(cls, model_dirs: Sequence[str | Path], shaping: ShapingConfig | None = None, device: str = "auto",
-             max_length: int | None = None, **scorer_kwargs: Any) -> Ensemble:
+             max_length: int | None = None, **scorer_kwargs: Any) -> RewardPath:
         """Load each model directory once; `max_length` (if set) overrides each card's; the rest goes to Scorer."""
         scorers = [Scorer.load(d, device=device, **scorer_kwargs) for d in model_dirs]
         if max_length is not None:
@@ -136,19 +140,21 @@ class Ensemble:
         return _pack([[list(row[-cut:]) for row in ids] for _ in self.scorers], [len(row) for row in ids])
 
     def forward(self, encoded: Sequence[Encoded]) -> np.ndarray:
-        """(M, N) raw member scores; each member batches by its own token budget, longest first."""
+        """(N, M) raw scores, item-major (row i: item i's score under each member); each member batches by its own
+        token budget, longest first."""
         if not encoded:
-            return np.zeros((len(self.scorers), 0))
-        return np.array([s.score_ids([e.ids[m] for e in encoded]) for m, s in enumerate(self.scorers)])
+            return np.zeros((0, len(self.scorers)))
+        return np.array([s.score_ids([e.ids[m] for e in encoded]) for m, s in enumerate(self.scorers)]).T
 
     def shape(self, raw: np.ndarray, encoded: Sequence[Encoded]) -> ShapedRewards:
-        """Shape (M, N) raw scores (see the module docstring for how an ensemble is normalised)."""
-        cfg = self.shaping
+        """Shape (N, M) raw scores (see the module docstring for how an ensemble is normalised)."""
+        cfg, raw = self.shaping, np.asarray(raw, dtype=np.float64).reshape(len(encoded), len(self.scorers)).T  # (M, N)
         if raw.shape[1] == 0:
             empty = np.zeros(0)
-            members = None if len(self.scorers) == 1 else np.asarray(raw, dtype=np.float64)
+            members = None if len(self.scorers) == 1 else raw
             passed = None if cfg.reward_threshold is None else np.zeros(0, dtype=bool)
-            return ShapedRewards(empty, empty, members, None if members is None else empty, passed)
+            penalty = None if cfg.length_penalty == "none" else empty
+            return ShapedRewards(empty, empty, members, None if members is None else empty, passed, penalty)
         lengths = np.array([e.response_tokens for e in encoded], dtype=np.float64)
         if len(self.scorers) == 1:
             card = self.scorers[0].card
@@ -161,12 +167,49 @@ class Ensemble:
         unit = cfg.model_copy(update={"reward_mean": None, "reward_std": None})
         out = shape_rewards(z, lengths, unit, stats=(0.0, 1.0))
         combined, std = combine_ensemble(raw, cfg.ensemble, cfg.ensemble_k)  # (N,), (N,) in raw units
-        return replace(out, raw=combined, members=np.asarray(raw, dtype=np.float64), member_std=std)
+        return replace(out, raw=combined, members=raw, member_std=std)
+
+    def score(self, encoded: Sequence[Encoded]) -> ShapedRewards:
+        """The whole path on encoded items: forward, then shape."""
+        return self.shape(self.forward(encoded), encoded)
 
     def rewards(self, prompts: Sequence[Any], responses: Sequence[Any]) -> ShapedRewards:
-        """Encode, forward and shape (prompt, response) pairs in one call (batch scoring, RL adapters)."""
-        encoded = self.encode_pairs(prompts, responses)
-        return self.shape(self.forward(encoded), encoded)
+        """Encode, forward and shape (prompt, response) pairs in one call."""
+        return self.score(self.encode_pairs(prompts, responses))
+
+
+Ensemble = RewardPath
+"""The former name, kept so that callers written against it still work."""
+
+
+def score_file(
+    model_dir: str | Path | Sequence[str | Path],
+    input_path: str | Path,
+    output_path: str | Path,
+    batch_tokens: int = 8192,
+    shaping: ShapingConfig | None = None,
+    device: str = "auto",
+    max_length: int | None = None,
+    max_batch: int = 128,
+) -> int:
+    """Copy a JSONL file of rows, adding rewards to each; returns the row count. The output is written atomically.
+
+    Rows are `prompt` + `response`, chat `messages`, or NeMo Gym rollouts (see gym.split_row). Each output row gets
+    `reward` (shaped by `shaping`; default: stored-stats normalisation, clip ±5) and `raw_reward`; `passed` when
+    shaping has a reward_threshold; `member_rewards` and `reward_std` when several model directories form an ensemble.
+    """
+    rows, prompts, responses = [], [], []
+    for origin, row in read_rows(Path(input_path)):
+        prompt, response = split_row(row, origin)
+        rows.append(row)
+        prompts.append(prompt)
+        responses.append(response)
+    dirs = [model_dir] if isinstance(model_dir, (str, Path)) else list(model_dir)
+    path = RewardPath.load(dirs, shaping, device=device, max_length=max_length, max_tokens=batch_tokens,
+                           max_batch=max_batch, progress=True)
+    out = path.rewards(prompts, responses)
+    write_jsonl(({**row, **out.item(i)} for i, row in enumerate(rows)), output_path)
+    return len(rows)
 
 
 def _pack(per_member: list[list[list[int]]], lengths: list[int]) -> list[Encoded]:

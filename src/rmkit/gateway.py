@@ -20,8 +20,6 @@ log = logging.getLogger("rmkit.server")
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
-KNOWN_PATHS = frozenset({"/score", "/get_reward", "/verify", "/seed_session", "/aggregate_metrics", "/reverify_mode",
-                         "/pooling", "/classify", "/v1/models", "/v1/score/evaluation", "/health", "/metrics"})
 
 
 class Histogram:
@@ -48,9 +46,14 @@ class Histogram:
 
 
 class Metrics:
-    """Request counts, errors, latency, batch sizes, forward time and queue depth; thread-safe; render() → text."""
+    """Request counts, errors, latency, batch sizes, forward time and queue depth; thread-safe; render() → text.
 
-    def __init__(self) -> None:
+    Args:
+        paths: the served routes; any other path is counted as "other", so label values stay bounded.
+    """
+
+    def __init__(self, paths: frozenset[str] = frozenset()) -> None:
+        self.paths = paths
         self._lock = threading.Lock()
         self.requests: Counter[tuple[str, int]] = Counter()
         self.latency: dict[str, Histogram] = {}
@@ -60,7 +63,7 @@ class Metrics:
         self.queue_depth: Callable[[], int] = lambda: 0
 
     def observe_request(self, path: str, status: int, seconds: float, items: int) -> None:
-        path = path if path in KNOWN_PATHS else "other"  # bounded label values, whatever paths clients try
+        path = path if path in self.paths else "other"  # bounded label values, whatever paths clients try
         with self._lock:
             self.requests[(path, status)] += 1
             self.latency.setdefault(path, Histogram(LATENCY_BUCKETS)).observe(seconds)

@@ -1,6 +1,7 @@
-"""Wire schemas of every HTTP format the reward server speaks (PROTOCOLS.md §2): rmkit's own /score, OpenRLHF
+"""Wire formats of every HTTP protocol the reward server speaks (docs/protocols.md): rmkit's own /score, OpenRLHF
 /get_reward, NeMo Gym /verify and companions, vLLM /pooling, /classify and /v1/models, SGLang /classify (`text`), and
-LLaMA-Factory /v1/score/evaluation. Pydantic only: knows nothing of models, queues or FastAPI.
+LLaMA-Factory /v1/score/evaluation: their pydantic schemas plus the pure helpers that read and answer them (NeMo Gym
+item parsing, aggregation, text length, usage, sigmoid, engine inputs). Knows nothing of models, queues or FastAPI.
 
 Extra-field policy per protocol: our /score forbids unknown keys (a typo is an error); NeMo Gym allows them (every
 field must be echoed back unchanged); the others ignore them, as their own servers do, so that a newer client version
@@ -10,8 +11,11 @@ still works. Every list and text has a hard ceiling here (MAX_ITEMS, MAX_CHARS),
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MAX_ITEMS = 4096
@@ -215,3 +219,98 @@ class ScoreEvaluationRequest(Ignore):
     """Full texts to score (LLaMA-Factory renders them itself); an empty list is a 400."""
     max_length: int | None = Field(None, gt=0)
     """Keep only the last max_length tokens of each text."""
+
+
+# ---- pure wire helpers --------------------------------------------------------------------------------------------
+
+
+_TEXT_PARTS = {"input_text", "output_text", "text", "refusal"}
+
+
+def content_text(content: Any, origin: str) -> str:
+    """A message content as text: a string, or the text of its typed parts joined ('input_text', 'output_text',
+    'refusal'; images and files are skipped)."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    if not isinstance(content, list):
+        raise ValueError(f"{origin}: message content must be a string or a list of parts, got {type(content).__name__}")
+    parts = [p.get("text") if p.get("type") != "refusal" else p.get("refusal") for p in content
+             if isinstance(p, dict) and p.get("type", "text") in _TEXT_PARTS]
+    return "".join(str(p) for p in parts if p)
+
+
+def text_chars(x: Any) -> int:
+    """Characters of a text or of a message list's contents: text_chars([{"content": "ab"}, {"content": "c"}]) → 3."""
+    if isinstance(x, str):
+        return len(x)
+    return sum(len(str(m.get("content") or "")) for m in x) if isinstance(x, list) else 0
+
+
+def sigmoid(x: float) -> float:
+    """σ(x) without overflow either side: sigmoid(0) → 0.5, sigmoid(-1000) → 0.0."""
+    return 1 / (1 + math.exp(-x)) if x >= 0 else math.exp(x) / (1 + math.exp(x))
+
+
+def usage(token_counts: list[int]) -> dict[str, Any]:
+    """vLLM's usage block of a pooling answer: every token is a prompt token."""
+    n = sum(token_counts)
+    return {"prompt_tokens": n, "total_tokens": n, "completion_tokens": 0, "prompt_tokens_details": None}
+
+
+@dataclass(frozen=True)
+class EngineInputs:
+    """What a vLLM/SGLang request asks to score, in one of three forms (exactly one of pair, texts, ids is set)."""
+
+    pair: tuple[Any, Any] | None = None  # (prompt messages, response messages), rendered with the model's template
+    texts: list[str] | None = None  # rendered texts, tokenised as they are
+    ids: list[list[int]] | None = None  # token ids, passed to every member as they are
+    add_special_tokens: bool | None = None  # None: each model card's own setting
+    sizes: tuple[int, ...] = ()  # characters (or tokens) per item, for the server's limits
+
+
+def engine_inputs(body: EngineRequest) -> EngineInputs:
+    """Read a vLLM/SGLang request: chat `messages` become one (prompt, response) pair split at the last assistant
+    turn; `input`/`text` become texts (vLLM adds special tokens by default, SGLang as the card says); token ids stay."""
+    if body.messages is not None:
+        msgs = [{"role": m.role, "content": content_text(m.content, "messages")} for m in body.messages]
+        pair = (msgs[:-1], msgs[-1:]) if msgs and msgs[-1]["role"] == "assistant" else (msgs, [])
+        return EngineInputs(pair=pair, sizes=(text_chars(msgs),))
+    data: Any = body.input if body.input is not None else (body.text if body.text is not None else body.input_ids)
+    if isinstance(data, str) or (data and isinstance(data[0], int)):
+        data = [data]
+    sizes = tuple(len(x) for x in data)
+    if data and isinstance(data[0], list):
+        return EngineInputs(ids=data, sizes=sizes)
+    if body.text is not None:  # SGLang: the caller rendered the text; tokenise as the card says
+        return EngineInputs(texts=data, sizes=sizes)
+    special = True if body.add_special_tokens is None else body.add_special_tokens  # vLLM's default for input
+    return EngineInputs(texts=data, add_special_tokens=special, sizes=sizes)
+
+
+def _numeric_stats(rows: list[dict[str, Any]]) -> dict[str, float]:
+    keys = sorted({k for r in rows for k, v in r.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and not k.startswith("_ng_")})
+    out = {}
+    with np.errstate(all="ignore"):
+        for k in keys:
+            v = np.array([r[k] for r in rows if isinstance(r.get(k), (int, float))], dtype=np.float64)
+            v = v[np.isfinite(v)]
+            if v.size:
+                out.update({f"mean/{k}": v.mean(), f"max/{k}": v.max(), f"min/{k}": v.min(),
+                            f"median/{k}": np.median(v), f"std/{k}": v.std()})
+    return {k: float(x) for k, x in out.items() if np.isfinite(x)}  # JSON has no inf (huge inputs overflow)
+
+
+def aggregate(verify_responses: list[dict[str, Any]]) -> dict[str, Any]:
+    """NeMo Gym /aggregate_metrics: mean/max/min/median/std of every numeric field, overall and per task."""
+    if not verify_responses:
+        return {"group_level_metrics": [], "agent_metrics": {}, "key_metrics": {}}
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for r in verify_responses:
+        groups.setdefault(r.get("_ng_task_index"), []).append(r)
+    agent = _numeric_stats(verify_responses)
+    return {
+        "group_level_metrics": [{"_ng_task_index": k, **_numeric_stats(rows)} for k, rows in groups.items()],
+        "agent_metrics": agent,
+        "key_metrics": {k: v for k, v in agent.items() if k.startswith("mean/")},
+    }

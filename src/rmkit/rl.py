@@ -1,5 +1,5 @@
 """RL adapters for a reward model: TRL GRPO reward functions (sync and async), the NeMo RL reward-model environment
-and KL-shaped PPO rewards. Rewards come from in-process models through `ensemble.Ensemble` (the server's own scoring
+and KL-shaped PPO rewards. Rewards come from in-process models through `ensemble.RewardPath` (the server's own scoring
 and shaping path) or from a running `rmkit serve` through `client.RewardClient`. Knows nothing of policies,
 generation or trainers.
 """
@@ -76,7 +76,7 @@ class RewardFunction:
     `{__name__}/...`. Loaded models are dropped when pickled and reloaded on first use, so it pickles cheaply into
     TRL's async rollout worker. `acall` is the awaitable variant; `AsyncRewardFunction` wraps it for TRL.
 
-    Local models score through `ensemble.Ensemble`, the server's own path (each model's chat template, per-member
+    Local models score through `ensemble.RewardPath`, the server's own path (each model's chat template, per-member
     normalisation, then shaping); a length penalty counts the policy's tokens (`completion_ids`) when given, else
     the first member's. A server is called through `client.RewardClient`; its shaped `rewards` are the input of
     any shaping given here, and `raw` is its `raw_rewards`.
@@ -101,9 +101,9 @@ class RewardFunction:
                                  "(an ensemble) or one server URL; an ensemble of servers is not supported.")
             self.source = members
         self.shaping, self.__name__, self.device, self.timeout = shaping, name, device, timeout
-        self._backend: Any = None  # the Ensemble or RewardClient, made on first use
+        self._backend: Any = None  # the RewardPath or RewardClient, made on first use
         self._lock = threading.Lock()  # one local forward at a time; also guards the lazy load
-        self._running = RunningMoments()  # shared with the Ensemble, so that it survives pickling
+        self._running = RunningMoments()  # shared with the RewardPath, so that it survives pickling
 
     def __repr__(self) -> str:
         return f"RewardFunction({self.source!r}, name={self.__name__!r})"
@@ -124,18 +124,18 @@ class RewardFunction:
         return isinstance(self.source, str)
 
     def backend(self) -> Any:
-        """The `Ensemble` of local models (loaded on first use), or the `RewardClient` of the server."""
+        """The `RewardPath` of local models (loaded on first use), or the `RewardClient` of the server."""
         with self._lock:
             if self._backend is None and self.is_remote:
                 from rmkit.client import RewardClient
 
                 self._backend = RewardClient(self.source, timeout=self.timeout)
             elif self._backend is None:
-                from rmkit.ensemble import Ensemble
+                from rmkit.ensemble import RewardPath
                 from rmkit.scoring import Scorer
 
                 scorers = [Scorer.load(m, device=self.device) if isinstance(m, str | Path) else m for m in self.source]
-                self._backend = Ensemble(scorers, self.shaping)
+                self._backend = RewardPath(scorers, self.shaping)
                 self._backend.running = self._running
             return self._backend
 
@@ -150,13 +150,13 @@ class RewardFunction:
         if self.is_remote:
             return self._shape_served(self.backend().score_items(_items(prompts, completions)), lengths)
         _check_lengths(prompts, completions)
-        ensemble = self.backend()
+        path = self.backend()
         with self._lock:
-            encoded = ensemble.encode_pairs(prompts, completions)
+            encoded = path.encode_pairs(prompts, completions)
             if lengths is not None:  # the policy's own token counts, not the reward model's
                 encoded = [dataclasses.replace(e, response_tokens=int(n))
                            for e, n in zip(encoded, lengths, strict=True)]
-            return ensemble.shape(ensemble.forward(encoded), encoded)
+            return path.score(encoded)
 
     def _shape_served(self, answer: dict[str, Any], lengths: Sequence[int] | None) -> ShapedRewards:
         if self.shaping.length_penalty != "none" and lengths is None:

@@ -21,8 +21,8 @@ import numpy as np
 
 from rmkit.data import DataError, read_rows
 from rmkit.encoding import to_messages
+from rmkit.gym import gym_prompt, gym_response
 from rmkit.rows import write_jsonl
-from rmkit.scoring import gym_prompt, gym_response
 
 log = logging.getLogger(__name__)
 

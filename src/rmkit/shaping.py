@@ -1,5 +1,5 @@
 """Reward shaping shared by the server, batch scoring and the RL adapters: ensembles, normalisation, clipping, length
-penalties, pass/fail thresholds, KL-shaped PPO rewards and GRPO group advantages. Arrays in, arrays out; knows nothing
+penalties, pass/fail thresholds and KL-shaped PPO rewards. Arrays in, arrays out; knows nothing
 of models, HTTP or files, and imports torch only inside the per-token KL functions."""
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ if TYPE_CHECKING:
 
 Ensemble = Literal["mean", "min", "mean_minus_std"]
 KLEstimator = Literal["k1", "k2", "k3"]
-GroupScale = Literal["group", "batch", "none"]
 
 
 class ShapingConfig(BaseModel):
@@ -84,6 +83,7 @@ class ShapedRewards:
     members: np.ndarray | None  # (M, N) raw member scores, None for a single model
     member_std: np.ndarray | None  # (N,) population std over members in raw units, None for a single model
     passed: np.ndarray | None  # (N,) bool, shaped >= reward_threshold; None when no threshold is set
+    length_penalty: np.ndarray | None = None  # (N,) the length-penalty part of shaped; None when no penalty is on
 
     def item(self, i: int) -> dict[str, Any]:
         """Item i's fields as scored rows and NeMo Gym /verify answers carry them: `reward` (shaped), `raw_reward`,
@@ -94,6 +94,14 @@ class ShapedRewards:
         if self.members is not None:
             fields.update(member_rewards=self.members[:, i].tolist(), reward_std=float(self.member_std[i]))
         return fields
+
+    def components(self, i: int) -> dict[str, float] | None:
+        """Item i's reward split into `reward_model` + `length_penalty` (summing to `reward` exactly), None when no
+        length penalty is on: NeMo Gym's reward_components."""
+        if self.length_penalty is None:
+            return None
+        penalty = float(self.length_penalty[i])
+        return {"reward_model": float(self.shaped[i]) - penalty, "length_penalty": penalty}
 
 
 def combine_ensemble(
@@ -144,6 +152,15 @@ def dapo_length_penalty(lengths: np.ndarray, max_length: int, cache: int) -> np.
     start = max_length - cache
     ramp = (start - length) / max(cache, 1)  # the ramp branch is empty when cache == 0
     return np.where(length <= start, 0.0, np.where(length <= max_length, ramp, -1.0))
+
+
+def length_penalties(cfg: ShapingConfig, lengths: np.ndarray) -> np.ndarray:
+    """The (N,) length-penalty term of cfg for (N,) response lengths; zeros when cfg.length_penalty is 'none'."""
+    if cfg.length_penalty == "linear":
+        return linear_length_penalty(lengths, cfg.length_threshold, cfg.length_coef)
+    if cfg.length_penalty == "dapo":
+        return dapo_length_penalty(lengths, cfg.dapo_max_length, cfg.dapo_cache)
+    return np.zeros(np.shape(lengths))
 
 
 class RunningMoments:
@@ -234,16 +251,16 @@ def shape_rewards(
         shaped = normalize(scores, mean, std + np.finfo(np.float64).eps)
     if cfg.clip is not None:
         shaped = clip(shaped, cfg.clip)
+    penalty = None
     if cfg.length_penalty != "none":
         if lengths is None or np.shape(lengths) != scores.shape:
             raise ValueError(f"length_penalty={cfg.length_penalty!r} needs lengths of shape {scores.shape}, "
                              f"got {None if lengths is None else np.shape(lengths)}")
-        if cfg.length_penalty == "linear":
-            shaped = shaped + linear_length_penalty(lengths, cfg.length_threshold, cfg.length_coef)
-        else:
-            shaped = shaped + dapo_length_penalty(lengths, cfg.dapo_max_length, cfg.dapo_cache)
+        penalty = length_penalties(cfg, lengths)
+        shaped = shaped + penalty
     passed = None if cfg.reward_threshold is None else shaped >= cfg.reward_threshold
-    return ShapedRewards(raw=scores, shaped=shaped, members=members, member_std=member_std, passed=passed)
+    return ShapedRewards(raw=scores, shaped=shaped, members=members, member_std=member_std, passed=passed,
+                         length_penalty=penalty)
 
 
 def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: KLEstimator = "k1") -> torch.Tensor:
@@ -300,28 +317,3 @@ def kl_shaped_rewards(
     rows = torch.arange(mask.size(0), device=mask.device)
     rewards[rows, last] += score.to(rewards.dtype)
     return rewards
-
-
-def group_advantages(
-    rewards: np.ndarray, group_size: int, eps: float = 1e-4, scale: GroupScale = "group"
-) -> np.ndarray:
-    """TRL GRPO advantages A_i = (r_i − mean_group)/(std + eps) for (B·G,) rewards laid out group by group.
-
-    std is unbiased (ddof=1): per group for scale='group', over the whole batch for 'batch'; 'none' only centres.
-    [1, 2, 3, 4] with G = 2 → group std √0.5 ≈ 0.7071 → A = ±0.5/(0.7071 + 1e-4) ≈ ±0.7070.
-    """
-    r = np.asarray(rewards, dtype=np.float64)
-    if group_size < 2 or r.ndim != 1 or r.size % group_size:
-        raise ValueError(f"rewards must be (B·G,) with G = group_size ≥ 2 dividing its length; "
-                         f"got shape {r.shape}, group_size={group_size}")
-    groups = r.reshape(-1, group_size)  # (B, G)
-    centred = (groups - groups.mean(axis=1, keepdims=True)).ravel()  # (B·G,)
-    if scale == "none":
-        return centred
-    if scale == "group":
-        std = np.repeat(groups.std(axis=1, ddof=1), group_size)  # (B·G,)
-    elif scale == "batch":
-        std = r.std(ddof=1)
-    else:
-        raise ValueError(f"unknown scale {scale!r}; expected one of {get_args(GroupScale)}")
-    return centred / (std + eps)
