@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from rmkit import metrics
-from rmkit.model import CARD_FILE, ModelCard
+from rmkit.model import CARD_FILE, ModelCard, write_card
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +35,7 @@ def write_temperature(model_dir: str | Path, temperature: float) -> ModelCard:
     raw = json.loads(path.read_text())
     raw["temperature"] = float(temperature)
     card = ModelCard.model_validate(raw)  # refuse to write a card that would no longer load
-    fd, tmp = tempfile.mkstemp(prefix=f".{CARD_FILE}-", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(raw, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_card(model_dir, raw)
     return card
 
 

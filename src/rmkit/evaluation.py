@@ -7,9 +7,6 @@ of training, except that a model directory inside a run has the run's metrics.js
 from __future__ import annotations
 
 import json
-import math
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -18,6 +15,8 @@ from typing import Any
 import numpy as np
 
 from rmkit import diagnostics, metrics
+from rmkit.report import write_report
+from rmkit.rows import write_json as write_json  # re-exported: callers import it from here
 
 SWAP_NOTE = ("a pointwise reward model scores each response on its own, so swapping A and B negates Δ exactly: "
              "swap consistency is the share of pairs that are not tied; a position bias can only show in the data, "
@@ -128,29 +127,6 @@ def evaluate(scorer: Any, pairs: Sequence[Any]) -> dict[str, Any]:
     return summarize(np.asarray(chosen), np.asarray(rejected), pairs, scorer.card.temperature)
 
 
-def _json_safe(obj: Any) -> Any:
-    """nan and ±inf → None (JSON has no such numbers), recursively through dicts and lists."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
-def write_json(obj: Any, path: str | Path) -> Path:
-    """Write JSON atomically (temp file + rename): a reader never sees half a file. nan and inf are written null."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(_json_safe(obj), f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-    return path
-
-
 def format_summary(name: str, report: dict[str, Any]) -> str:
     """One line a person reads: accuracy, its interval, and the length-only baseline next to it (or, for ratings,
     the correlations), then the number of flags."""
@@ -250,8 +226,6 @@ def evaluate_files(model_dir: str | Path, paths: Sequence[str | Path], report_di
     flag = gap and diagnostics.overfitting_flag(gap["train_accuracy"], gap["val_accuracy"], heldout="validation")
     report["flags"] = [asdict(flag)] if flag else []
     if report_dir is not None:
-        from rmkit.report import write_report
-
         write_report(report_dir, report, arrays, rows)
     return report
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +17,7 @@ from pydantic import Field, ValidationError, field_validator
 from transformers import TrainerCallback
 
 from rmkit.config import ConfigError, LoraConfig, Strict, merge_mappings, parse_overrides, read_yaml_mapping
+from rmkit.rows import MetricsLog
 from rmkit.shaping import ShapingConfig
 
 log = logging.getLogger(__name__)
@@ -123,14 +123,11 @@ class MetricsJsonl(TrainerCallback):
     """Appends every TRL log (loss, kl, reward, rmkit/reward_*, completions/*) as one JSON line with its step."""
 
     def __init__(self, path: Path):
-        self.path = path
-        path.write_text("")
+        self.log = MetricsLog(path)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         if state.is_world_process_zero and logs:
-            finite = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in logs.items()}
-            with self.path.open("a") as f:
-                f.write(json.dumps({"step": state.global_step, **finite}) + "\n")
+            self.log.write(**{"step": state.global_step, **logs})
 
 
 def policy_folder(path: str, work_dir: Path, seed: int) -> str:
@@ -168,8 +165,10 @@ def trl_args(tc: GrpoTrainConfig, out: Path) -> Any:
     import torch
     from trl import GRPOConfig
 
+    from rmkit.model import bf16_supported
+
     cuda = torch.cuda.is_available()
-    bf16 = tc.precision == "bf16" or (tc.precision == "auto" and cuda and torch.cuda.is_bf16_supported())
+    bf16 = tc.precision == "bf16" or (tc.precision == "auto" and bf16_supported())
     ours = dict(
         output_dir=str(out / "trl"), seed=tc.seed, max_steps=tc.max_steps, learning_rate=tc.learning_rate,
         per_device_train_batch_size=tc.batch_size, gradient_accumulation_steps=tc.grad_accum,

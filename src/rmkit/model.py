@@ -21,6 +21,7 @@ from rmkit import __version__
 from rmkit.backbones import ENCODER_TYPES, resolve
 from rmkit.config import ModelConfig
 from rmkit.encoding import Template, default_template
+from rmkit.rows import write_json
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,18 @@ def read_card(model_dir: str | Path) -> ModelCard:
     if card.format_version > FORMAT_VERSION:
         raise ValueError(f"{path} has format_version {card.format_version}; this rmkit reads up to {FORMAT_VERSION}: upgrade rmkit")
     return card
+
+
+def bf16_supported() -> bool:
+    """True on a CUDA GPU that computes in bf16 (where precision 'auto' picks bf16); CPU bf16 is slow, so never."""
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def mixed_precision(precision: str) -> str:
+    """accelerate's mixed_precision for a config's precision: 'auto' → 'bf16' or 'no', 'fp32' → 'no', else as is."""
+    if precision == "auto":
+        return "bf16" if bf16_supported() else "no"
+    return {"fp32": "no"}.get(precision, precision)
 
 
 def is_encoder(config: Any) -> bool:
@@ -227,6 +240,11 @@ def _atomic_dir(target: Path):
     return tmp, commit
 
 
+def write_card(model_dir: str | Path, fields: dict[str, Any]) -> Path:
+    """THE writer of rmkit.json (atomic; every key as given, unknown ones included). Returns its path."""
+    return write_json(fields, Path(model_dir) / CARD_FILE)
+
+
 def save_model(model: nn.Module, tokenizer: Any, card: ModelCard, out_dir: str | Path) -> Path:
     """Write an rmkit model directory atomically: HF weights (or adapter + head), tokenizer, rmkit.json.
 
@@ -242,7 +260,7 @@ def save_model(model: nn.Module, tokenizer: Any, card: ModelCard, out_dir: str |
         hf.config.mean, hf.config.std = card.reward_mean, card.reward_std
         inner.save_pretrained(tmp)  # LoRA: adapter + head only; transformers finds the base through adapter_config
         tokenizer.save_pretrained(tmp)
-        (tmp / CARD_FILE).write_text(card.model_dump_json(indent=2) + "\n")
+        write_card(tmp, card.model_dump(mode="json"))
         commit()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from rmkit.diagnostics import LENGTH_BUCKETS
+from rmkit.rows import write_json
 
 CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1em}th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
@@ -270,8 +271,6 @@ def write_report(out_dir: str | Path, report: dict[str, Any], arrays: dict[str, 
             "ratings", "lengths"} for ratings: the raw values the histograms and scatter plots need.
         training_rows: a run's metrics.jsonl rows, for the training curves; None outside a run.
     """
-    from rmkit.evaluation import write_json
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plot = _Plots(out)

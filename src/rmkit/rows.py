@@ -1,4 +1,5 @@
-"""read_rows: any container → (origin, row dict) pairs; knows nothing about preference formats or their keys.
+"""read_rows: any container → (origin, row dict) pairs; knows nothing about preference formats or their keys. Also
+the project's one home for writing JSON files: write_jsonl and write_json (atomic), and MetricsLog (metrics.jsonl).
 
 Containers: .jsonl, .json, .csv, .parquet, a `datasets` save_to_disk folder, a `datasets.Dataset` or a list of dicts.
 Each row comes with its origin, "path:line" (1-based line for JSONL/CSV, 1-based row index for JSON/Parquet/datasets;
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -174,3 +176,44 @@ def write_jsonl(rows: Iterable[dict[str, Any]], path: str | Path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _json_safe(obj: Any) -> Any:
+    """nan and ±inf → None (JSON has no such numbers), recursively through dicts and lists."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def write_json(obj: Any, path: str | Path) -> Path:
+    """Write JSON atomically (temp file + rename): a reader never sees half a file. nan and inf are written null."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(_json_safe(obj), f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+class MetricsLog:
+    """A run's metrics.jsonl, append-only, one row per line (nan/inf written null); on resume, lines past the
+    checkpoint's step are dropped first. `enabled=False` (other ranks) writes nothing."""
+
+    def __init__(self, path: Path, resume_step: int | None = None, enabled: bool = True):
+        self.path, self.enabled = path, enabled
+        if enabled and resume_step is not None and path.exists():
+            kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
+            path.write_text("".join(line + "\n" for line in kept))
+        elif enabled:
+            path.write_text("")
+
+    def write(self, **row: Any) -> None:
+        if self.enabled:
+            with self.path.open("a") as f:
+                f.write(json.dumps(_json_safe(row)) + "\n")

@@ -1,17 +1,18 @@
-"""train(cfg) -> Path: the Bradley–Terry training loop, top to bottom, writing the run directory.
+"""train(cfg) -> Path: the Bradley–Terry training recipe, top to bottom, writing the run directory.
 
-seed → model → data → optimiser → (resume) → loop (validate, checkpoint, early stop) → save model → test report.
-Scales to several processes or GPUs through `accelerate launch`; knows nothing of HTTP or the CLI.
+seed → model → data → plan → optimiser → resume → loop (train_step, validate, save_checkpoint) → save → report.
+Run state lives in small dataclasses (TrainState, StepPlan, Window, Trainer). Scales to several processes or GPUs
+through `accelerate launch`; knows nothing of HTTP or the CLI.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
 import time
 from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +25,13 @@ from transformers import get_scheduler
 
 from rmkit import checkpoint, metrics
 from rmkit.calibration import calibrate
-from rmkit.config import DataConfig, OptimConfig, TrainConfig, dump_config
+from rmkit.config import DataConfig, OptimConfig, TrainConfig, TrainingConfig, dump_config
 from rmkit.data import PreferencePair, read_pairs, split_by_prompt
 from rmkit.encoding import EncodedPair, Encoder, collate, encode_pairs, length_grouped_batches
-from rmkit.evaluation import evaluate, format_summary, write_json
+from rmkit.evaluation import evaluate, format_summary
 from rmkit.loss import bradley_terry_loss, length_correlation_penalty
-from rmkit.model import ModelCard, RewardModel, load_for_training, save_model
+from rmkit.model import ModelCard, RewardModel, load_for_training, mixed_precision, save_model
+from rmkit.rows import MetricsLog, write_json
 from rmkit.scoring import Scorer
 
 log = logging.getLogger(__name__)
@@ -89,12 +91,6 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Ada
     )
 
 
-def _mixed_precision(precision: str) -> str:
-    if precision == "auto":
-        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    return {"fp32": "no"}.get(precision, precision)
-
-
 def validate(model: RewardModel, tokenizer: Any, card: ModelCard, pairs: list[EncodedPair]) -> dict[str, float]:
     """Loss, accuracy and margin on encoded pairs, plus the reward mean/std stored for normalisation."""
     scorer = Scorer(model, tokenizer, card)
@@ -108,41 +104,164 @@ def validate(model: RewardModel, tokenizer: Any, card: ModelCard, pairs: list[En
             "reward_std": float(max(scores.std(ddof=1), 1e-8)) if len(scores) > 1 else 1.0}
 
 
-class MetricsLog:
-    """metrics.jsonl, append-only; on resume, lines past the checkpoint's step are dropped first."""
+@dataclass
+class TrainState:
+    """What a checkpoint carries besides the weights: the step and the early-stopping record."""
 
-    def __init__(self, path: Path, resume_step: int | None, enabled: bool):
-        self.path, self.enabled = path, enabled
-        if enabled and resume_step is not None and path.exists():
-            kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
-            path.write_text("".join(line + "\n" for line in kept))
-        elif enabled:
-            path.write_text("")
+    step: int = 0
+    best_accuracy: float = -1.0
+    bad_evals: int = 0
+    best_step: int | None = None
+    last_val: dict[str, float] | None = None
 
-    def write(self, **row: Any) -> None:
-        if self.enabled:
-            with self.path.open("a") as f:
-                f.write(json.dumps(row) + "\n")
+    def saved(self) -> dict[str, Any]:
+        """The checkpoint's `train` entry: every field but the step, unset ones left out (the format on disk)."""
+        return {k: v for k, v in asdict(self).items() if k != "step" and v is not None}
+
+
+@dataclass
+class StepPlan:
+    """Which pairs each optimiser step sees: length-grouped global batches per epoch, fixed by the seed, so that
+    step s always sees the same pairs and resume is exact."""
+
+    lengths: list[int]
+    global_batch: int
+    world: int
+    seed: int
+    grouping: bool
+    grad_accum: int
+    _epochs: dict[int, list[list[int]]] = field(default_factory=dict, repr=False)
+
+    def epoch(self, epoch: int) -> list[list[int]]:
+        if epoch not in self._epochs:
+            batches = length_grouped_batches(self.lengths, self.global_batch, self.seed + epoch, self.grouping)
+            self._epochs[epoch] = [b for b in batches if len(b) >= self.world]
+        return self._epochs[epoch]
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.epoch(0)) / self.grad_accum)
+
+    def micro_batches(self, step: int) -> list[list[int]]:
+        """The grad_accum global batches (pair indices) of optimiser step `step`."""
+        epoch, k = divmod(step, self.steps_per_epoch)
+        return self.epoch(epoch)[k * self.grad_accum : (k + 1) * self.grad_accum]
+
+
+@dataclass
+class Window:
+    """Training sums since the last metrics.jsonl line."""
+
+    loss: float = 0.0
+    correct: int = 0
+    margin: float = 0.0
+    pairs: int = 0
+    seconds: float = 0.0
+
+    def add(self, loss: float, delta: torch.Tensor) -> None:
+        """One micro-batch: its mean loss and its (b,) reward differences chosen − rejected."""
+        self.loss += loss * len(delta)
+        self.correct += int((delta > 0).sum())
+        self.margin += float(delta.sum())
+        self.pairs += len(delta)
+
+
+@dataclass
+class TrainData:
+    """Encoded training and validation pairs, the raw splits (for the report), and how many pairs were dropped."""
+
+    train: list[EncodedPair]
+    val: list[EncodedPair]
+    splits: dict[str, list[PreferencePair]]
+    dropped: dict[str, int]
+
+    @property
+    def stats_set(self) -> list[EncodedPair]:
+        return self.val or self.train[:256]  # OpenRLHF also falls back to training data for the statistics
+
+
+@dataclass
+class Trainer:
+    """The prepared pieces one step needs."""
+
+    accelerator: Accelerator
+    model: torch.nn.Module  # as prepared by accelerate (DDP-wrapped on several processes)
+    raw_model: RewardModel
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    tokenizer: Any
+    card: ModelCard
+    out: Path
+
+    @property
+    def ckpt_root(self) -> Path:
+        return self.out / "checkpoints"
 
 
 def train(cfg: TrainConfig) -> Path:
     """Train a reward model as `cfg` says; returns the run directory (model/ inside is the trained model)."""
-    tc = cfg.train
-    out = Path(tc.out_dir)
-    # cpu=True lets a plain `torchrun` on a CPU machine form a gloo process group (accelerate needs the hint)
-    on_cpu = not (torch.cuda.is_available() or torch.backends.mps.is_available())
-    accelerator = Accelerator(mixed_precision=_mixed_precision(tc.precision), cpu=on_cpu)
-    main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
-    if tc.num_threads:
-        torch.set_num_threads(tc.num_threads)
+    tc, out = cfg.train, Path(cfg.train.out_dir)
+    accelerator = make_accelerator(tc)
     set_seed(tc.seed)
-    if main:
+    if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(dump_config(cfg))
-
-    # model and data
     model, tokenizer, card = load_for_training(cfg.model, cfg.data.max_length)
-    splits = load_splits(cfg.data, tc.seed)
+    data = load_data(cfg.data, tc, tokenizer, card)
+    plan = StepPlan([p.length for p in data.train], tc.batch_size * accelerator.num_processes,
+                    accelerator.num_processes, tc.seed, tc.length_grouping, tc.grad_accum)
+    total_steps = tc.max_steps or math.ceil(tc.epochs * plan.steps_per_epoch)
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = get_scheduler(cfg.optim.schedule, optimizer, num_warmup_steps=int(cfg.optim.warmup_ratio * total_steps),
+                              num_training_steps=total_steps)
+    prepared, optimizer = accelerator.prepare(model, optimizer)  # the scheduler stays ours: one step per optimiser step
+    t = Trainer(accelerator, prepared, accelerator.unwrap_model(prepared), optimizer, scheduler, tokenizer, card, out)
+    state = resume(t, tc.resume)
+    metrics_log = MetricsLog(out / "metrics.jsonl", state.step if state.step else None, accelerator.is_main_process)
+    if accelerator.is_main_process:
+        log.info("%d training pairs (%d per epoch step plan), %d validation, %d test; %d steps of %d pairs",
+                 len(data.train), len(plan.epoch(0)), len(data.val), len(data.splits["test"]), total_steps,
+                 plan.global_batch * tc.grad_accum)
+
+    t.model.train()
+    bar = tqdm(total=total_steps, initial=state.step, desc="training", unit="step",
+               disable=not accelerator.is_main_process)
+    window, stopped_early = Window(), False
+    while state.step < total_steps and not stopped_early:
+        started = time.perf_counter()
+        grad_norm = train_step(t, data.train, plan.micro_batches(state.step), tc, cfg.optim, window, state.step)
+        state.step += 1
+        window.seconds += time.perf_counter() - started  # training time only: validation and saving excluded
+        bar.update(1)
+        last = state.step == total_steps
+        if state.step % tc.log_every == 0 or last:
+            log_window(metrics_log, bar, window, state.step, plan.steps_per_epoch, grad_norm, t)
+            window = Window()
+        if state.step % tc.eval_every == 0 or last:
+            stopped_early = run_validation(t, data.stats_set, state, metrics_log, tc.early_stopping_patience)
+        if state.step % tc.save_every == 0 or last or stopped_early:
+            save_checkpoint(t, state)
+    bar.close()
+
+    if not tc.early_stopping_patience:
+        save_best(t, state.last_val or validate(t.raw_model, tokenizer, card, data.stats_set))
+    final_report(t, data, state, stopped_early)
+    return out
+
+
+def make_accelerator(tc: TrainingConfig) -> Accelerator:
+    """The Accelerator for tc.precision; also sets torch's thread count when asked."""
+    # cpu=True lets a plain `torchrun` on a CPU machine form a gloo process group (accelerate needs the hint)
+    on_cpu = not (torch.cuda.is_available() or torch.backends.mps.is_available())
+    accelerator = Accelerator(mixed_precision=mixed_precision(tc.precision), cpu=on_cpu)
+    if tc.num_threads:
+        torch.set_num_threads(tc.num_threads)
+    return accelerator
+
+
+def load_data(cfg: DataConfig, tc: TrainingConfig, tokenizer: Any, card: ModelCard) -> TrainData:
+    """Read and split the pairs, encode train and validation, and refuse what cannot be trained."""
+    splits = load_splits(cfg, tc.seed)
     encoder = Encoder(tokenizer, card.max_length, card.add_special_tokens)
     train_set, dropped = encode_pairs(splits["train"], encoder, card.template)
     val_set, val_dropped = encode_pairs(splits["val"], encoder, card.template)
@@ -153,135 +272,107 @@ def train(cfg: TrainConfig) -> Path:
         raise TrainingError("no training pairs left after splitting and truncation")
     if not val_set and tc.early_stopping_patience:
         raise TrainingError("train.early_stopping_patience needs validation pairs: set data.val_fraction > 0")
-    stats_set = val_set or train_set[:256]  # OpenRLHF also falls back to training data for the statistics
+    return TrainData(train_set, val_set, splits, {"train": dropped, "val": val_dropped})
 
-    # the step plan: step s always sees the same pairs, which makes resume exact
-    global_batch = tc.batch_size * world
-    lengths = [p.length for p in train_set]
-    plans: dict[int, list[list[int]]] = {}
 
-    def plan(epoch: int) -> list[list[int]]:
-        if epoch not in plans:
-            batches = length_grouped_batches(lengths, global_batch, tc.seed + epoch, tc.length_grouping)
-            plans[epoch] = [b for b in batches if len(b) >= world]
-        return plans[epoch]
+def resume(t: Trainer, enabled: bool) -> TrainState:
+    """The state of the latest checkpoint (weights, optimiser, scheduler and RNG restored), or a fresh one."""
+    resume_from = checkpoint.latest_checkpoint(t.ckpt_root) if enabled else None
+    if resume_from is None:
+        return TrainState()
+    saved = checkpoint.load_checkpoint(resume_from, t.raw_model, t.optimizer, t.scheduler, t.accelerator.process_index)
+    log.info("resumed from %s (step %d)", resume_from, saved["step"])
+    return TrainState(**saved)
 
-    steps_per_epoch = math.ceil(len(plan(0)) / tc.grad_accum)
-    total_steps = tc.max_steps or math.ceil(tc.epochs * steps_per_epoch)
 
-    optimizer = build_optimizer(model, cfg.optim)
-    scheduler = get_scheduler(cfg.optim.schedule, optimizer, num_warmup_steps=int(cfg.optim.warmup_ratio * total_steps),
-                              num_training_steps=total_steps)
-    model, optimizer = accelerator.prepare(model, optimizer)  # the scheduler stays ours: one step per optimiser step
-    raw_model: RewardModel = accelerator.unwrap_model(model)
+def train_step(t: Trainer, pairs: list[EncodedPair], micro: list[list[int]], tc: TrainingConfig, optim: OptimConfig,
+               window: Window, step: int) -> float:
+    """One optimiser step over `micro` (grad_accum global batches, each split across ranks); returns the grad norm."""
+    acc, world, rank = t.accelerator, t.accelerator.num_processes, t.accelerator.process_index
+    step_pairs = sum(len(b) for b in micro)
+    for i, batch_idx in enumerate(micro):
+        local = np.array_split(np.array(batch_idx), world)[rank]
+        batch = collate([pairs[j] for j in local], t.tokenizer.pad_token_id).to(acc.device)
+        with nullcontext() if i == len(micro) - 1 else acc.no_sync(t.model):
+            scores = t.model(batch.input_ids, batch.attention_mask)  # (2b,)
+            chosen, rejected = scores.float().chunk(2)  # (b,), (b,)
+            loss = bradley_terry_loss(chosen, rejected, batch.margin, tc.center_coef)
+            if tc.length_decorrelation:
+                chosen_len, rejected_len = batch.attention_mask.sum(1).float().chunk(2)  # (b,), (b,)
+                loss = loss + tc.length_decorrelation * length_correlation_penalty(
+                    chosen - rejected, chosen_len - rejected_len)
+            seen = acc.gather(loss.detach().reshape(1))
+            if not torch.isfinite(seen).all():
+                last = checkpoint.latest_checkpoint(t.ckpt_root)
+                raise TrainingError(f"loss is {seen.tolist()} at step {step}: training diverged. The last good "
+                                    f"checkpoint is {last or 'none yet'}; lower optim.lr or set optim.max_grad_norm")
+            # each rank's mean, weighted so the DDP average equals the mean over all pairs of the step
+            acc.backward(loss * len(local) * world / step_pairs)
+        window.add(loss.item(), (chosen - rejected).detach())
+    params = [p for p in t.model.parameters() if p.requires_grad]
+    max_norm = optim.max_grad_norm if optim.max_grad_norm is not None else float("inf")
+    grad_norm = float(acc.clip_grad_norm_(params, max_norm))
+    t.optimizer.step()
+    t.scheduler.step()
+    t.optimizer.zero_grad(set_to_none=True)
+    return grad_norm
 
-    state: dict[str, Any] = {"step": 0, "best_accuracy": -1.0, "bad_evals": 0}
-    ckpt_root = out / "checkpoints"
-    resume_from = checkpoint.latest_checkpoint(ckpt_root) if tc.resume else None
-    if resume_from is not None:
-        state = checkpoint.load_checkpoint(resume_from, raw_model, optimizer, scheduler, rank)
-        log.info("resumed from %s (step %d)", resume_from, state["step"])
-    metrics_log = MetricsLog(out / "metrics.jsonl", state["step"] if resume_from else None, main)
-    if main:
-        log.info("%d training pairs (%d per epoch step plan), %d validation, %d test; %d steps of %d pairs",
-                 len(train_set), len(plan(0)), len(val_set), len(splits["test"]), total_steps,
-                 global_batch * tc.grad_accum)
 
-    def save_best(stats: dict[str, float]) -> None:
-        if main:
-            save_model(raw_model, tokenizer, card.model_copy(update={
-                "reward_mean": stats["reward_mean"], "reward_std": stats["reward_std"]}), out / "model")
+def log_window(metrics_log: MetricsLog, bar: Any, w: Window, step: int, steps_per_epoch: int, grad_norm: float,
+               t: Trainer) -> None:
+    """One training line of metrics.jsonl: the window's mean loss, accuracy and margin, lr, grad norm, pairs/s."""
+    row = {"step": step, "split": "train", "epoch": round(step / steps_per_epoch, 4), "loss": w.loss / w.pairs,
+           "accuracy": w.correct / w.pairs, "margin": w.margin / w.pairs, "lr": t.scheduler.get_last_lr()[0],
+           "grad_norm": grad_norm, "pairs_per_s": w.pairs * t.accelerator.num_processes / w.seconds}
+    metrics_log.write(**row)
+    bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['accuracy']:.2f}")
 
-    def run_validation(step: int) -> bool:
-        """Validate, log, keep the best model; True when early stopping says stop."""
-        stats = validate(raw_model, tokenizer, card, stats_set)
-        metrics_log.write(step=step, split="val", **stats)
-        if stats["accuracy"] > state["best_accuracy"]:
-            state.update(best_accuracy=stats["accuracy"], bad_evals=0, best_step=step)
-            if tc.early_stopping_patience:
-                save_best(stats)
-        else:
-            state["bad_evals"] += 1
-        state["last_val"] = stats
-        return bool(tc.early_stopping_patience and state["bad_evals"] >= tc.early_stopping_patience)
 
-    model.train()
-    bar = tqdm(total=total_steps, initial=state["step"], desc="training", unit="step", disable=not main)
-    window = {"loss": 0.0, "correct": 0, "margin": 0.0, "pairs": 0, "seconds": 0.0}
-    stopped_early = False
-    while state["step"] < total_steps and not stopped_early:
-        step = state["step"]
-        started = time.perf_counter()
-        epoch, k = divmod(step, steps_per_epoch)
-        micro = plan(epoch)[k * tc.grad_accum : (k + 1) * tc.grad_accum]
-        step_pairs = sum(len(b) for b in micro)
-        for i, batch_idx in enumerate(micro):
-            local = np.array_split(np.array(batch_idx), world)[rank]
-            batch = collate([train_set[j] for j in local], tokenizer.pad_token_id).to(accelerator.device)
-            sync = i == len(micro) - 1
-            with nullcontext() if sync else accelerator.no_sync(model):
-                scores = model(batch.input_ids, batch.attention_mask)  # (2b,)
-                chosen, rejected = scores.float().chunk(2)  # (b,), (b,)
-                loss = bradley_terry_loss(chosen, rejected, batch.margin, tc.center_coef)
-                if tc.length_decorrelation:
-                    chosen_len, rejected_len = batch.attention_mask.sum(1).float().chunk(2)  # (b,), (b,)
-                    loss = loss + tc.length_decorrelation * length_correlation_penalty(
-                        chosen - rejected, chosen_len - rejected_len)
-                seen = accelerator.gather(loss.detach().reshape(1))
-                if not torch.isfinite(seen).all():
-                    last = checkpoint.latest_checkpoint(ckpt_root)
-                    raise TrainingError(f"loss is {seen.tolist()} at step {step}: training diverged. The last good "
-                                        f"checkpoint is {last or 'none yet'}; lower optim.lr or set optim.max_grad_norm")
-                # each rank's mean, weighted so the DDP average equals the mean over all pairs of the step
-                accelerator.backward(loss * len(local) * world / step_pairs)
-            delta = (chosen - rejected).detach()
-            window["loss"] += loss.item() * len(local)
-            window["correct"] += int((delta > 0).sum())
-            window["margin"] += float(delta.sum())
-            window["pairs"] += len(local)
-        params = [p for p in model.parameters() if p.requires_grad]
-        max_norm = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm is not None else float("inf")
-        grad_norm = float(accelerator.clip_grad_norm_(params, max_norm))
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        state["step"] = step = step + 1
-        window["seconds"] += time.perf_counter() - started  # training time only: validation and saving excluded
-        bar.update(1)
+def run_validation(t: Trainer, pairs: list[EncodedPair], state: TrainState, metrics_log: MetricsLog,
+                   patience: int) -> bool:
+    """Validate, log, keep the best model; True when early stopping says stop."""
+    stats = validate(t.raw_model, t.tokenizer, t.card, pairs)
+    metrics_log.write(step=state.step, split="val", **stats)
+    if stats["accuracy"] > state.best_accuracy:
+        state.best_accuracy, state.bad_evals, state.best_step = stats["accuracy"], 0, state.step
+        if patience:
+            save_best(t, stats)
+    else:
+        state.bad_evals += 1
+    state.last_val = stats
+    return bool(patience and state.bad_evals >= patience)
 
-        if step % tc.log_every == 0 or step == total_steps:
-            row = {"step": step, "split": "train", "epoch": round(step / steps_per_epoch, 4),
-                   "loss": window["loss"] / window["pairs"], "accuracy": window["correct"] / window["pairs"],
-                   "margin": window["margin"] / window["pairs"], "lr": scheduler.get_last_lr()[0],
-                   "grad_norm": grad_norm, "pairs_per_s": window["pairs"] * world / window["seconds"]}
-            metrics_log.write(**row)
-            bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['accuracy']:.2f}")
-            window = {"loss": 0.0, "correct": 0, "margin": 0.0, "pairs": 0, "seconds": 0.0}
-        if step % tc.eval_every == 0 or step == total_steps:
-            stopped_early = run_validation(step)
-        if step % tc.save_every == 0 or step == total_steps or stopped_early:
-            checkpoint.save_checkpoint(ckpt_root, step, raw_model, optimizer, scheduler,
-                                       {k: v for k, v in state.items() if k != "step"}, rank, main)
-            accelerator.wait_for_everyone()
-            if main:
-                checkpoint.commit_checkpoint(ckpt_root, step)
-            accelerator.wait_for_everyone()
-    bar.close()
 
-    if not tc.early_stopping_patience:
-        save_best(state.get("last_val") or validate(raw_model, tokenizer, card, stats_set))
-    accelerator.wait_for_everyone()
-    if main:
-        report = {"stopped_early": stopped_early, "best_step": state.get("best_step"),
-                  "dropped_identical_after_truncation": {"train": dropped, "val": val_dropped}}
-        scorer = Scorer.load(out / "model", device=str(accelerator.device))
-        if splits["val"]:
-            report["calibration"] = calibrate(out / "model", splits["val"], scorer=scorer)  # T into rmkit.json
+def save_best(t: Trainer, stats: dict[str, float]) -> None:
+    """Save model/ with the validation reward mean/std as its normalisation statistics (main process only)."""
+    if t.accelerator.is_main_process:
+        stored = {"reward_mean": stats["reward_mean"], "reward_std": stats["reward_std"]}
+        save_model(t.raw_model, t.tokenizer, t.card.model_copy(update=stored), t.out / "model")
+
+
+def save_checkpoint(t: Trainer, state: TrainState) -> None:
+    """checkpoints/step-N on every rank, committed atomically by the main rank between barriers."""
+    acc = t.accelerator
+    checkpoint.save_checkpoint(t.ckpt_root, state.step, t.raw_model, t.optimizer, t.scheduler, state.saved(),
+                               acc.process_index, acc.is_main_process)
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        checkpoint.commit_checkpoint(t.ckpt_root, state.step)
+    acc.wait_for_everyone()
+
+
+def final_report(t: Trainer, data: TrainData, state: TrainState, stopped_early: bool) -> None:
+    """eval.json: early stopping, dropped pairs, calibration (T into rmkit.json) and val/test reports."""
+    t.accelerator.wait_for_everyone()
+    if t.accelerator.is_main_process:
+        report: dict[str, Any] = {"stopped_early": stopped_early, "best_step": state.best_step,
+                                  "dropped_identical_after_truncation": data.dropped}
+        scorer = Scorer.load(t.out / "model", device=str(t.accelerator.device))
+        if data.splits["val"]:
+            report["calibration"] = calibrate(t.out / "model", data.splits["val"], scorer=scorer)
         for name in ("val", "test"):
-            if splits[name]:
-                report[name] = evaluate(scorer, splits[name])
+            if data.splits[name]:
+                report[name] = evaluate(scorer, data.splits[name])
                 log.info(format_summary(name, report[name]))
-        write_json(report, out / "eval.json")
-    accelerator.wait_for_everyone()
-    return out
-
+        write_json(report, t.out / "eval.json")
+    t.accelerator.wait_for_everyone()
