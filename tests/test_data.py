@@ -18,8 +18,8 @@ from rmkit.data import (
     read_pairs,
     read_ratings,
     read_rows,
-    split_by_prompt,
 )
+from rmkit.splits import split_by_prompt
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,6 +8,10 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, get_args
+
+from rmkit.data import Format
+from rmkit.selection import Method
 
 VERBS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -100,8 +104,8 @@ def cmd_triage(args: argparse.Namespace) -> int:
 
 @verb
 def cmd_score(args: argparse.Namespace) -> int:
+    from rmkit.config import load_serve_config
     from rmkit.ensemble import score_file
-    from rmkit.server import load_serve_config
 
     cfg = load_serve_config(args.model_dir, args.set)  # a model directory or a serve YAML: same shaping options
     n = score_file(cfg.model_dirs, args.input, args.out, batch_tokens=args.batch_tokens or cfg.batch_tokens,
@@ -187,7 +191,14 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rmkit", description="Bradley–Terry reward models from human preference data.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+    _data_verbs(sub)
+    _scoring_verbs(sub)
+    _rl_verbs(sub)
+    return p
 
+
+def _data_verbs(sub: Any) -> None:
+    """train, eval, calibrate, select, triage."""
     s = sub.add_parser("train", help="train a reward model from a YAML config (defaults: bundled data and backbone)")
     s.add_argument("config", nargs="?", help="YAML config (e.g. configs/default.yaml); omitted = the defaults")
     s.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=1e-5 train.out_dir=runs/x")
@@ -200,7 +211,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--compare", action="store_true",
                    help="rmkit eval --compare MODEL_A MODEL_B DATA...: accuracy difference, bootstrap CI, McNemar")
     s.add_argument("--train-data", help="training pairs: their accuracy vs each data set's flags overfitting")
-    s.add_argument("--format", default="auto", choices=["auto", "pairs", "hh", "ranked", "ab", "ratings"],
+    s.add_argument("--format", default="auto", choices=get_args(Format),
                    help="read every file as this format (default: detect from each row)")
 
     s = sub.add_parser("calibrate", help="fit the temperature of P(A preferred) on validation pairs into rmkit.json")
@@ -214,7 +225,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="JSONL to write: the pool rows plus rank, uncertainty, p_A")
     s.add_argument("--ensemble", action="append", default=[], metavar="MODEL_DIR",
                    help="another model (repeat for more): with an ensemble, pairs are ranked by disagreement")
-    s.add_argument("--method", default="auto", choices=["auto", "margin", "disagreement"],
+    s.add_argument("--method", default="auto", choices=get_args(Method),
                    help="margin: small |Δ| first; disagreement: ensemble spread (auto: by the number of models)")
 
     s = sub.add_parser("triage", help="list labelled pairs the model confidently disagrees with (likely label noise)")
@@ -224,6 +235,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--min-prob", type=float, default=0.9, help="least P(rejected preferred) to list (default 0.9)")
     s.add_argument("--top", type=int, help="list at most this many")
 
+
+def _scoring_verbs(sub: Any) -> None:
+    """score, serve, compare, export."""
     s = sub.add_parser("score", help="add shaped 'reward' and 'raw_reward' to each row of a JSONL file "
                                      "(prompt+response, messages or NeMo Gym rollouts)")
     s.add_argument("model_dir", help="rmkit model directory, or a serve YAML (model_dirs, shaping, ...)")
@@ -249,6 +263,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("model_dir")
     s.add_argument("--merge", required=True, metavar="OUT_DIR")
 
+
+def _rl_verbs(sub: Any) -> None:
+    """grpo, collect, rerank."""
     s = sub.add_parser("grpo", help="GRPO a policy against a reward model (TRL), in-process or through `rmkit serve`")
     s.add_argument("config", help="YAML GRPO config (e.g. configs/grpo-tiny.yaml; see rmkit.grpo.GrpoConfig)")
     s.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. reward.source=runs/x/model")
@@ -275,7 +292,6 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="write the picked rollout of each prompt here")
     s.add_argument("--report", help="write the report as JSON here")
     s.add_argument("--device", default="auto")
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,12 +1,20 @@
-"""The training config tree (frozen, strict, one docstring per field) and load_config(path, overrides); knows no torch."""
+"""Every config tree and its one loader: TrainConfig (`rmkit train`), ServeConfig (`rmkit serve`, `rmkit score`), and
+the loader, override parser and error formatter the GRPO config (rmkit.grpo) shares. Frozen, strict, one docstring per
+field; knows no torch, models or HTTP.
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, model_validator
+
+from rmkit.protocols import MAX_CHARS, MAX_ITEMS
+from rmkit.shaping import ShapingConfig
 
 DEFAULT_DATA = ("data/hh-rlhf-harmless/pairs.jsonl", "data/pandalm/pairs.jsonl")
 
@@ -181,13 +189,31 @@ def merge_mappings(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any
     return merged
 
 
-def build_config(raw: dict[str, Any], source: str = "config") -> TrainConfig:
-    """Validate a nested dict; every problem is reported at once, with dotted paths."""
+Tree = TypeVar("Tree", bound=BaseModel)
+
+
+def validate_config(schema: type[Tree], raw: dict[str, Any], source: str, kind: str) -> Tree:
+    """THE config error formatter: validate a nested dict, reporting every problem at once with its dotted path.
+
+    Example: "bad.yaml is not a valid serve config:\n  shaping.clip  Input should be greater than 0".
+    """
     try:
-        return TrainConfig.model_validate(raw)
+        return schema.model_validate(raw)
     except ValidationError as exc:
         lines = [f"  {'.'.join(str(p) for p in err['loc'])}  {err['msg']}" for err in exc.errors()]
-        raise ConfigError(f"{source} is not a valid rmkit config:\n" + "\n".join(lines)) from None
+        raise ConfigError(f"{source} is not a valid {kind}:\n" + "\n".join(lines)) from None
+
+
+def load_tree(schema: type[Tree], path: str | Path | None, overrides: Sequence[str], kind: str, shape: str) -> Tree:
+    """THE config loader: a YAML mapping (the defaults when path is None), key=value overrides, then validate_config.
+    `kind` names the config in errors; `shape` says what a valid file looks like."""
+    raw = merge_mappings(read_yaml_mapping(path, shape), parse_overrides(list(overrides)))
+    return validate_config(schema, raw, str(path or "defaults"), kind)
+
+
+def build_config(raw: dict[str, Any], source: str = "config") -> TrainConfig:
+    """Validate a nested dict as a TrainConfig; every problem is reported at once, with dotted paths."""
+    return validate_config(TrainConfig, raw, source, "rmkit config")
 
 
 def read_yaml_mapping(path: str | Path | None, shape: str) -> dict[str, Any]:
@@ -205,11 +231,71 @@ def read_yaml_mapping(path: str | Path | None, shape: str) -> dict[str, Any]:
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
     """Read a YAML config (or start from the defaults when path is None) and apply key=value overrides."""
-    raw = read_yaml_mapping(path, "a config is a YAML mapping with sections model, data, optim, train")
-    raw = merge_mappings(raw, parse_overrides(overrides or []))
-    return build_config(raw, source=str(path or "defaults"))
+    return load_tree(TrainConfig, path, overrides or [], "rmkit config",
+                     "a config is a YAML mapping with sections model, data, optim, train")
 
 
 def dump_config(cfg: TrainConfig) -> str:
     """The resolved config as YAML, loadable again by load_config."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+class ServeConfig(Strict):
+    """`rmkit serve` settings; YAML mirrors the fields, `shaping:` is a ShapingConfig section."""
+
+    model_dirs: list[str] = Field(min_length=1)
+    """rmkit model directories; several form an ensemble (combined by shaping.ensemble)."""
+    host: str = "127.0.0.1"
+    """Interface to bind; 127.0.0.1 keeps the server local. Use 0.0.0.0 only with a token or a trusted network."""
+    port: int = Field(8000, ge=0, le=65535)
+    """TCP port (0 picks a free one)."""
+    token: str | None = Field(None, min_length=1)
+    """Bearer token every request but GET /health must send; unset: $RMKIT_TOKEN, else no auth."""
+    device: str = "auto"
+    """'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ..."""
+    threads: int | None = Field(None, ge=1)
+    """torch intra-op threads for the forward (None: torch's default, one per core). On a small CPU, fewer threads
+    than cores leaves one for the event loop that parses and tokenises the next requests."""
+    max_length: int | None = Field(None, gt=0)
+    """Override every model's max_length (tokens; longer texts lose tokens from the left)."""
+    batch_tokens: int = Field(16384, gt=0)
+    """Token budget of one batch: requests are gathered up to it, and each forward's padded size stays within it."""
+    batch_size: int = Field(64, ge=1)
+    """Most rows in one forward (and in one gathered batch)."""
+    max_wait_ms: float = Field(5.0, ge=0)
+    """How long the first request of a batch waits for others to join it."""
+    queue_size: int = Field(4096, ge=1)
+    """Most items waiting for a forward; beyond it requests get 503 with Retry-After."""
+    request_timeout_s: float = Field(60.0, gt=0)
+    """Deadline of one request from arrival to answer; past it, 504 (OpenRLHF's client gives up at 180 s)."""
+    max_body_bytes: int = Field(16 * 2**20, ge=1024)
+    """Largest request body in bytes; larger bodies get 413."""
+    max_items: int = Field(1024, ge=1, le=MAX_ITEMS)
+    """Most items (texts or pairs) in one request; more get 422."""
+    max_text_chars: int = Field(100_000, ge=1, le=MAX_CHARS)
+    """Most characters in one item (prompt and response together); longer items get 422."""
+    shutdown_timeout_s: float = Field(30.0, ge=0)
+    """On SIGTERM/SIGINT, how long in-flight requests may take to finish before the process exits."""
+    shaping: ShapingConfig = ShapingConfig()
+    """How raw scores become rewards: normalisation, clipping, length penalty, threshold, ensemble rule."""
+
+    @model_validator(mode="after")
+    def _queue_holds_a_request(self) -> ServeConfig:
+        if self.queue_size < self.max_items:
+            raise ValueError(f"queue_size={self.queue_size} < max_items={self.max_items}: a full-size request could "
+                             "never be queued; raise queue_size or lower max_items")
+        return self
+
+
+def load_serve_config(source: str | Path, overrides: Sequence[str] = ()) -> ServeConfig:
+    """A ServeConfig from a YAML file or a bare model directory, plus dotted key=value overrides.
+
+    Example: load_serve_config("runs/x/model", ["port=9000", "shaping.clip=null"]). The token falls back to
+    $RMKIT_TOKEN when neither the file nor an override sets it.
+    """
+    shape = "neither a model directory nor a serve YAML mapping (model_dirs, host, port, shaping, ...)"
+    raw = {"model_dirs": [str(source)]} if Path(source).is_dir() else read_yaml_mapping(source, shape)
+    raw = merge_mappings(raw, parse_overrides(list(overrides)))
+    if raw.get("token") is None and os.environ.get("RMKIT_TOKEN"):
+        raw["token"] = os.environ["RMKIT_TOKEN"]
+    return validate_config(ServeConfig, raw, str(source), "serve config")

@@ -1,6 +1,6 @@
 """Read preference data from files or datasets into PreferencePair records; knows nothing about tokenizers.
 
-Formats (PROTOCOLS.md §1): TRL prompt/chosen/rejected in its four variants with configurable keys (`pairs`), HH-RLHF
+Formats (docs/protocols.md): TRL prompt/chosen/rejected in its four variants with configurable keys (`pairs`), HH-RLHF
 transcripts (`hh`), NeMo RL ranked completions (`ranked`), A/B with a label (`ab`) and scalar ratings (`ratings`).
 Containers (.jsonl, .json, .csv, .parquet, a `datasets` save_to_disk folder or object, a list of dicts) are read by
 `rmkit.rows`; `read_rows` and `DataError` are re-exported from there.
@@ -8,7 +8,6 @@ Containers (.jsonl, .json, .csv, .parquet, a `datasets` save_to_disk folder or o
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from rmkit.protocols import Role
 from rmkit.rows import DataError, rows_or_errors, short_repr
 from rmkit.rows import read_rows as read_rows  # re-exported: callers import it from here
 
@@ -27,7 +27,7 @@ Message = dict[str, Any]
 Text = str | list[Message]
 Format = Literal["auto", "pairs", "hh", "ranked", "ab", "ratings"]
 
-ROLES = ("system", "developer", "user", "assistant", "tool")
+ROLES: tuple[str, ...] = get_args(Role)
 HH_MARKER = "\n\nAssistant:"
 HELPSTEER_SCORE = "helpfulness"  # HelpSteer2 rows carry five 0–4 ratings; helpfulness is the overall one
 SHAPES = {  # format → the keys that identify it (defaults shown), for error messages
@@ -39,7 +39,7 @@ SHAPES = {  # format → the keys that identify it (defaults shown), for error m
 }
 
 
-def _text_key(text: Text) -> str:
+def text_key(text: Text) -> str:
     return text if isinstance(text, str) else json.dumps(text, sort_keys=True)
 
 
@@ -62,7 +62,7 @@ class PreferencePair:
 
     def prompt_key(self) -> str:
         """A stable string for hashing: the prompt itself, or its JSON (sorted keys) for a message list."""
-        return _text_key(self.prompt)
+        return text_key(self.prompt)
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,6 @@ class _RowError(Exception):
     def __init__(self, what: str, fix: str):
         super().__init__(what)
         self.what, self.fix = what, fix
-
 
 
 def _get(row: dict, key: str, hint: str) -> Any:
@@ -365,7 +364,7 @@ def ratings_to_pairs(rated: Iterable[RatedResponse]) -> list[PreferencePair]:
     """
     by_prompt: dict[str, list[RatedResponse]] = {}
     for r in rated:
-        by_prompt.setdefault(_text_key(r.prompt), []).append(r)
+        by_prompt.setdefault(text_key(r.prompt), []).append(r)
     pairs = []
     for group in by_prompt.values():
         for i, a in enumerate(group):
@@ -376,28 +375,3 @@ def ratings_to_pairs(rated: Iterable[RatedResponse]) -> list[PreferencePair]:
                 pairs.append(PreferencePair(hi.prompt, hi.response, lo.response, subset=hi.subset,
                                             origin=f"{hi.origin},{lo.origin}"))
     return pairs
-
-
-def split_by_prompt(pairs: list[PreferencePair], val_fraction: float, test_fraction: float, salt: str = "rmkit"
-                    ) -> tuple[list[PreferencePair], list[PreferencePair], list[PreferencePair]]:
-    """Split deterministically by a hash of the prompt, so that one prompt never lands in two splits.
-
-    h = int(sha256(salt + "\\0" + prompt_key()).hexdigest()[:15], 16) / 16**15 ∈ [0, 1); test if h < test_fraction,
-    val if h < test_fraction + val_fraction, else train. Each split keeps the input order. Implicit-prompt text
-    pairs (prompt "") have no prompt to group by, so they are hashed by their chosen text instead.
-
-    Returns:
-        (train, val, test).
-    """
-    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-        if not 0 <= value < 1:
-            raise ValueError(f"{name}={value} is outside [0, 1). Pass a fraction such as 0.1.")
-    if not val_fraction + test_fraction < 1:
-        raise ValueError(f"val_fraction + test_fraction = {val_fraction + test_fraction} leaves no training data. "
-                         "Make their sum less than 1.")
-    train, val, test = [], [], []
-    for p in pairs:
-        key = p.prompt_key() or _text_key(p.chosen)  # implicit-prompt text: no prompt to group by
-        h = int(hashlib.sha256((salt + "\0" + key).encode()).hexdigest()[:15], 16) / 16**15
-        (test if h < test_fraction else val if h < test_fraction + val_fraction else train).append(p)
-    return train, val, test

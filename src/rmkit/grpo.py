@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, field_serializer
 from transformers import TrainerCallback
 
-from rmkit.config import ConfigError, LoraConfig, Strict, merge_mappings, parse_overrides, read_yaml_mapping
+from rmkit.config import ConfigError, LoraConfig, Strict, load_tree
 from rmkit.rows import MetricsLog
 from rmkit.shaping import ShapingConfig
 
@@ -39,21 +39,15 @@ class PolicyConfig(Strict):
 class RewardConfig(Strict):
     source: str | list[str] = "runs/default/model"
     """An rmkit model directory, a list of them (an ensemble), or the URL of a running `rmkit serve`."""
-    shaping: dict[str, Any] = {}
-    """ShapingConfig fields applied on top of the source's defaults (model directories: stored mean/std and clip ±5;
-    a URL: the served scores as they come), e.g. {length_penalty: dapo, dapo_max_length: 128, dapo_cache: 32}."""
+    shaping: ShapingConfig = ShapingConfig()
+    """Shaping; only the fields given here apply, on top of the source's defaults (model directories: stored
+    mean/std and clip ±5; a URL: the served scores as they come), e.g. {length_penalty: dapo, dapo_max_length: 128}."""
     concurrent: bool = False
     """Use the async reward function, which TRL awaits alongside other async rewards (worth it for a server)."""
 
-    @field_validator("shaping")
-    @classmethod
-    def _valid_shaping(cls, value: dict[str, Any]) -> dict[str, Any]:
-        try:
-            ShapingConfig(**value)
-        except ValidationError as exc:
-            raise ValueError("; ".join(f"{'.'.join(map(str, e['loc'])) or 'shaping'}: {e['msg']}"
-                                       for e in exc.errors())) from None
-        return value
+    @field_serializer("shaping")
+    def _given_fields_only(self, shaping: ShapingConfig) -> dict[str, Any]:
+        return shaping.model_dump(mode="json", exclude_unset=True)  # config.yaml keeps the source's defaults open
 
 
 class PromptsConfig(Strict):
@@ -111,12 +105,8 @@ class GrpoConfig(Strict):
 
 def load_grpo_config(path: str | Path | None, overrides: list[str] | None = None) -> GrpoConfig:
     """Read a YAML GRPO config (or the defaults) and apply key=value overrides; every problem is reported at once."""
-    raw = read_yaml_mapping(path, "a GRPO config is a YAML mapping with sections policy, reward, data, train")
-    try:
-        return GrpoConfig.model_validate(merge_mappings(raw, parse_overrides(overrides or [])))
-    except ValidationError as exc:
-        lines = [f"  {'.'.join(str(p) for p in err['loc'])}  {err['msg']}" for err in exc.errors()]
-        raise ConfigError(f"{path or 'defaults'} is not a valid rmkit GRPO config:\n" + "\n".join(lines)) from None
+    return load_tree(GrpoConfig, path, overrides or [], "rmkit GRPO config",
+                     "a GRPO config is a YAML mapping with sections policy, reward, data, train")
 
 
 class MetricsJsonl(TrainerCallback):
@@ -205,7 +195,7 @@ def run_grpo(cfg: GrpoConfig) -> Path:
     prompts = read_prompts(cfg.data.paths, cfg.data.max_prompts)
     dataset = Dataset.from_list([{"prompt": messages} for messages, _ in prompts])
     reward = reward_function(cfg.reward.source, name="rmkit", asynchronous=cfg.reward.concurrent,
-                             **cfg.reward.shaping)
+                             **cfg.reward.shaping.model_dump(exclude_unset=True))
     peft_config = None
     if cfg.policy.finetune == "lora":
         from peft import LoraConfig as PeftLoraConfig

@@ -373,10 +373,6 @@ def swap_consistency(delta_ab, delta_ba) -> float:
     return float(np.mean((np.sign(ab) == -np.sign(ba)) & (ab != 0)))
 
 
-def _percent(frac: float) -> str:
-    return f"{100 * frac:.3g}%"
-
-
 def score_distribution_flags(scores, collapse_std: float = COLLAPSE_STD, extreme_abs: float = EXTREME_ABS) -> list[str]:
     """Plain-language warnings about a reward distribution; an empty list means nothing looks wrong.
 
@@ -397,6 +393,6 @@ def score_distribution_flags(scores, collapse_std: float = COLLAPSE_STD, extreme
                      "the same score.")
     frac = float(np.mean(np.abs(x) > extreme_abs)) if x.size else 0.0
     if frac > 0:
-        flags.append(f"extreme: {_percent(frac)} of rewards have |r| > {extreme_abs:g} — such rewards saturate σ(Δ), "
+        flags.append(f"extreme: {100 * frac:.3g}% of rewards have |r| > {extreme_abs:g} — such rewards saturate σ(Δ), "
                      "so those pairs give almost no training signal; consider centring rewards or a reward penalty.")
     return flags

@@ -14,18 +14,12 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import yaml
-from pydantic import Field, ValidationError, model_validator
-
-from rmkit.config import ConfigError, Strict, merge_mappings, parse_overrides
-from rmkit.protocols import MAX_CHARS, MAX_ITEMS
-from rmkit.shaping import ShapingConfig
+from rmkit.config import ServeConfig as ServeConfig  # re-exported: callers import it from here
+from rmkit.config import load_serve_config as load_serve_config
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -33,79 +27,6 @@ if TYPE_CHECKING:
     from rmkit.service import RewardBackend
 
 log = logging.getLogger(__name__)
-
-
-class ServeConfig(Strict):
-    """`rmkit serve` settings; YAML mirrors the fields, `shaping:` is a ShapingConfig section."""
-
-    model_dirs: list[str] = Field(min_length=1)
-    """rmkit model directories; several form an ensemble (combined by shaping.ensemble)."""
-    host: str = "127.0.0.1"
-    """Interface to bind; 127.0.0.1 keeps the server local. Use 0.0.0.0 only with a token or a trusted network."""
-    port: int = Field(8000, ge=0, le=65535)
-    """TCP port (0 picks a free one)."""
-    token: str | None = Field(None, min_length=1)
-    """Bearer token every request but GET /health must send; unset: $RMKIT_TOKEN, else no auth."""
-    device: str = "auto"
-    """'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ..."""
-    threads: int | None = Field(None, ge=1)
-    """torch intra-op threads for the forward (None: torch's default, one per core). On a small CPU, fewer threads
-    than cores leaves one for the event loop that parses and tokenises the next requests."""
-    max_length: int | None = Field(None, gt=0)
-    """Override every model's max_length (tokens; longer texts lose tokens from the left)."""
-    batch_tokens: int = Field(16384, gt=0)
-    """Token budget of one batch: requests are gathered up to it, and each forward's padded size stays within it."""
-    batch_size: int = Field(64, ge=1)
-    """Most rows in one forward (and in one gathered batch)."""
-    max_wait_ms: float = Field(5.0, ge=0)
-    """How long the first request of a batch waits for others to join it."""
-    queue_size: int = Field(4096, ge=1)
-    """Most items waiting for a forward; beyond it requests get 503 with Retry-After."""
-    request_timeout_s: float = Field(60.0, gt=0)
-    """Deadline of one request from arrival to answer; past it, 504 (OpenRLHF's client gives up at 180 s)."""
-    max_body_bytes: int = Field(16 * 2**20, ge=1024)
-    """Largest request body in bytes; larger bodies get 413."""
-    max_items: int = Field(1024, ge=1, le=MAX_ITEMS)
-    """Most items (texts or pairs) in one request; more get 422."""
-    max_text_chars: int = Field(100_000, ge=1, le=MAX_CHARS)
-    """Most characters in one item (prompt and response together); longer items get 422."""
-    shutdown_timeout_s: float = Field(30.0, ge=0)
-    """On SIGTERM/SIGINT, how long in-flight requests may take to finish before the process exits."""
-    shaping: ShapingConfig = ShapingConfig()
-    """How raw scores become rewards: normalisation, clipping, length penalty, threshold, ensemble rule."""
-
-    @model_validator(mode="after")
-    def _queue_holds_a_request(self) -> ServeConfig:
-        if self.queue_size < self.max_items:
-            raise ValueError(f"queue_size={self.queue_size} < max_items={self.max_items}: a full-size request could "
-                             "never be queued; raise queue_size or lower max_items")
-        return self
-
-
-def load_serve_config(source: str | Path, overrides: Sequence[str] = ()) -> ServeConfig:
-    """A ServeConfig from a YAML file or a bare model directory, plus dotted key=value overrides.
-
-    Example: load_serve_config("runs/x/model", ["port=9000", "shaping.clip=null"]). The token falls back to
-    $RMKIT_TOKEN when neither the file nor an override sets it.
-    """
-    path = Path(source)
-    if path.is_dir():
-        raw: Any = {"model_dirs": [str(path)]}
-    else:
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{source}: neither a model directory nor a readable YAML config: {exc}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{source}: a serve config is a YAML mapping (model_dirs, host, port, shaping, ...)")
-    raw = merge_mappings(raw, parse_overrides(list(overrides)))
-    if raw.get("token") is None and os.environ.get("RMKIT_TOKEN"):
-        raw["token"] = os.environ["RMKIT_TOKEN"]
-    try:
-        return ServeConfig.model_validate(raw)
-    except ValidationError as exc:
-        lines = [f"  {'.'.join(str(p) for p in err['loc'])}  {err['msg']}" for err in exc.errors()]
-        raise ConfigError(f"{source} is not a valid serve config:\n" + "\n".join(lines)) from None
 
 
 def create_app(load_backend: Callable[[], RewardBackend], cfg: ServeConfig) -> FastAPI:

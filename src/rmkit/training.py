@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -26,53 +25,20 @@ from transformers import get_scheduler
 from rmkit import checkpoint, metrics
 from rmkit.calibration import calibrate
 from rmkit.config import DataConfig, OptimConfig, TrainConfig, TrainingConfig, dump_config
-from rmkit.data import PreferencePair, read_pairs, split_by_prompt
+from rmkit.data import PreferencePair
 from rmkit.encoding import EncodedPair, Encoder, collate, encode_pairs, length_grouped_batches
 from rmkit.evaluation import evaluate, format_summary
 from rmkit.loss import bradley_terry_loss, length_correlation_penalty
 from rmkit.model import ModelCard, RewardModel, load_for_training, mixed_precision, save_model
 from rmkit.rows import MetricsLog, write_json
 from rmkit.scoring import Scorer
+from rmkit.splits import load_splits as load_splits  # re-exported: callers import it from here
 
 log = logging.getLogger(__name__)
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (for example a NaN loss); the last good checkpoint is kept."""
-
-
-def load_splits(cfg: DataConfig, seed: int) -> dict[str, list[PreferencePair]]:
-    """Read every file, split each by prompt hash, and (optionally) oversample smaller files' training pairs."""
-    per_file: list[list[PreferencePair]] = []
-    val: list[PreferencePair] = []
-    test: list[PreferencePair] = []
-    for path in cfg.paths:
-        pairs = read_pairs(path, format=cfg.format, prompt_key=cfg.prompt_key, chosen_key=cfg.chosen_key,
-                           rejected_key=cfg.rejected_key, skip_bad=cfg.skip_bad)
-        train_part, val_part, test_part = split_by_prompt(pairs, cfg.val_fraction, cfg.test_fraction, cfg.split_salt)
-        per_file.append(train_part)
-        val += val_part
-        test += test_part
-    rng = random.Random(seed)
-    if cfg.source_weights is not None and len(cfg.source_weights) != len(per_file):
-        raise ValueError(f"data.source_weights has {len(cfg.source_weights)} weights for {len(per_file)} files")
-    if cfg.balance_sources and len(per_file) > 1:
-        weights = cfg.source_weights or [1.0] * len(per_file)
-        target = max(len(part) for part in per_file)
-        per_file = [_resample(part, round(target * w / max(weights)), rng) for part, w in zip(per_file, weights,
-                                                                                               strict=True)]
-    train = [pair for part in per_file for pair in part]
-    rng.shuffle(train)
-    if cfg.max_train_pairs is not None:
-        train = train[: cfg.max_train_pairs]
-    return {"train": train, "val": val, "test": test}
-
-
-def _resample(pairs: list[PreferencePair], k: int, rng: random.Random) -> list[PreferencePair]:
-    """k pairs: all of them plus random repeats when k is larger, a random subset when k is smaller."""
-    if not pairs or k == len(pairs):
-        return pairs
-    return pairs + rng.choices(pairs, k=k - len(pairs)) if k > len(pairs) else rng.sample(pairs, k)
 
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
