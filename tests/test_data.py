@@ -1,4 +1,4 @@
-"""Tests for rmkit.data: every format of PROTOCOLS.md §1, every container, file:line errors and the prompt split."""
+"""Tests for rmkit.data: every format of docs/protocols.md §1, every container, file:line errors and the prompt split."""
 
 import hashlib
 import json
@@ -38,7 +38,7 @@ def write_jsonl(path, rows):
     return path
 
 
-# ---------------------------------------------------------------- TRL's four variants (PROTOCOLS §1.1)
+# ---------------------------------------------------------------- TRL's four variants (docs/protocols.md §1)
 
 
 def test_trl_standard_explicit_prompt_stays_text(tmp_path):
@@ -97,7 +97,7 @@ def test_subset_and_id_come_from_the_row_else_the_file_stem(tmp_path):
     assert read_pairs(rows)[1].subset == ""
 
 
-# ---------------------------------------------------------------- HH, ranked, A/B, ratings (PROTOCOLS §1.2–1.6)
+# ---------------------------------------------------------------- HH, ranked, A/B, ratings (docs/protocols.md §1)
 
 
 def test_hh_transcript_is_split_at_the_last_assistant_marker(tmp_path):

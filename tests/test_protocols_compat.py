@@ -1,4 +1,4 @@
-"""One replayed request per RL stack (PROTOCOLS.md §2, §5), shaped exactly as that stack sends it, plus batch scoring of
+"""One replayed request per RL stack (docs/protocols.md §2), shaped exactly as that stack sends it, plus batch scoring of
 NeMo Gym rollout rows. Expected numbers come from the library Scorer on the same text."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from rmkit.shaping import ShapingConfig
 
 CHATML = "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"
 
-GYM_BODY = {  # PROTOCOLS §2.2, as NeMo Gym's collection loop posts it (trimmed), with task and training fields
+GYM_BODY = {  # docs/protocols.md §2, as NeMo Gym's collection loop posts it (trimmed), with task and training fields
     "responses_create_params": {
         "input": [{"role": "developer", "content": "You are a helpful assistant.", "type": "message"},
                   {"role": "user", "content": "Weather in SF?", "type": "message"}],

@@ -16,7 +16,9 @@ from typing import Any
 import numpy as np
 
 from rmkit import metrics
+from rmkit.data import read_pairs
 from rmkit.model import CARD_FILE, ModelCard, write_card
+from rmkit.scoring import Scorer
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +57,7 @@ def calibrate(model_dir: str | Path, pairs: Sequence[Any] | str | Path, scorer: 
         {"temperature", "previous_temperature", "n_pairs", "before", "after"}, before/after holding the
         temperature, ECE, Brier score and log-loss of P(chosen preferred) on these pairs at T = 1 and at the fit.
     """
-    from rmkit.scoring import Scorer
-
     if isinstance(pairs, str | Path):
-        from rmkit.data import read_pairs
-
         pairs = read_pairs(pairs)
     if not pairs:
         raise ValueError("no pairs to calibrate on; pass the validation split")

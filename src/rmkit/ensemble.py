@@ -22,6 +22,7 @@ import numpy as np
 
 from rmkit.encoding import Encoder
 from rmkit.gym import split_row
+from rmkit.protocols import content_text
 from rmkit.rows import read_rows, write_jsonl
 from rmkit.scoring import Scorer
 from rmkit.shaping import RunningMoments, ShapedRewards, ShapingConfig, combine_ensemble, shape_rewards
@@ -43,7 +44,7 @@ def response_text(response: Any) -> str:
     """The text of a response given as a string or as chat messages: contents joined by blank lines."""
     if isinstance(response, str):
         return response
-    return "\n\n".join(str(m.get("content") or "") for m in response)
+    return "\n\n".join(content_text(m.get("content"), "response") for m in response)
 
 
 class RewardPath:

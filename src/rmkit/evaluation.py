@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 
 from rmkit import diagnostics, metrics
+from rmkit.data import read_pairs, read_ratings, read_rows
+from rmkit.protocols import text_chars
 from rmkit.report import write_report
 from rmkit.rows import write_json as write_json  # re-exported: callers import it from here
 
@@ -23,9 +25,8 @@ SWAP_NOTE = ("a pointwise reward model scores each response on its own, so swapp
              "as accuracy by the preferred position and the labels' share of A.")
 
 
-def response_length(text: Any) -> int:
-    """Characters of a response (text, or the contents of its messages): tokenizer-independent, for bias checks."""
-    return len(text) if isinstance(text, str) else sum(len(str(m.get("content", ""))) for m in text)
+response_length = text_chars
+"""Characters of a response (text, or the contents of its messages): tokenizer-independent, for bias checks."""
 
 
 def position_summary(delta: np.ndarray, positions: Sequence[str | None]) -> dict[str, Any] | None:
@@ -161,8 +162,6 @@ def dataset_names(paths: Sequence[str | Path]) -> list[str]:
 
 def is_ratings_file(path: str | Path) -> bool:
     """True when the first row is a scalar rating (prompt + response + score, no pair keys)."""
-    from rmkit.data import read_rows
-
     for _, row in read_rows(path):
         return "response" in row and not {"chosen", "rejected", "response_A", "response_B", "completions"} & row.keys()
     return False
@@ -193,7 +192,6 @@ def evaluate_files(model_dir: str | Path, paths: Sequence[str | Path], report_di
         {"model_dir", "temperature", "datasets": {name: summary}, "training": train_val_gap or None, "flags",
         "train_data" (when given)}; "flags" are the model-level ones (from the training curves).
     """
-    from rmkit.data import read_pairs, read_ratings
     from rmkit.scoring import Scorer
 
     scorer = Scorer.load(model_dir, progress=True)
@@ -238,7 +236,6 @@ def compare_models(model_a: str | Path, model_b: str | Path, paths: Sequence[str
         {"model_a", "model_b", "datasets": {name: {"n_pairs", "accuracy_a", "accuracy_b", "bootstrap",
         "mcnemar"}}}, bootstrap as `metrics.paired_bootstrap_accuracy_diff` (diff = a − b).
     """
-    from rmkit.data import read_pairs
     from rmkit.scoring import Scorer
 
     scorers = [Scorer.load(model_a, progress=True), Scorer.load(model_b, progress=True)]

@@ -1,4 +1,5 @@
-"""Bradley–Terry loss and its centering term: reward tensors in, scalar tensor out; knows nothing of models or data."""
+"""Bradley–Terry loss and its centering term: reward tensors in, scalar tensor out; and last_attended_index, the one
+rule for where a sequence ends in a mask. Knows nothing of models or data."""
 
 from __future__ import annotations
 
@@ -64,3 +65,8 @@ def length_correlation_penalty(delta: torch.Tensor, length_delta: torch.Tensor, 
     if delta.numel() < 2 or spread < eps:
         return 0.0 * delta.sum()  # no length signal in this batch; keeps the graph
     return ((delta - delta.mean()) * (y / spread)).mean().pow(2)
+
+
+def last_attended_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last 1 in each row of an (N, T) mask, any padding side: [[1,1,0],[0,1,1]] → [1, 2]."""
+    return attention_mask.size(1) - 1 - attention_mask.long().flip(1).argmax(1)  # argmax: first maximum

@@ -21,6 +21,7 @@ from rmkit import __version__
 from rmkit.backbones import ENCODER_TYPES, resolve
 from rmkit.config import ModelConfig
 from rmkit.encoding import Template, default_template
+from rmkit.loss import last_attended_index as last_attended_index  # re-exported: callers import it from here
 from rmkit.rows import write_json
 
 log = logging.getLogger(__name__)
@@ -82,11 +83,6 @@ def mixed_precision(precision: str) -> str:
 
 def is_encoder(config: Any) -> bool:
     return config.model_type in ENCODER_TYPES
-
-
-def last_attended_index(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Index of the last 1 in each row of an (N, T) mask, any padding side: [[1,1,0],[0,1,1]] → [1, 2]."""
-    return attention_mask.size(1) - 1 - attention_mask.long().flip(1).argmax(1)  # argmax: first maximum
 
 
 def right_padded(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,12 +11,13 @@ still works. Every list and text has a hard ceiling here (MAX_ITEMS, MAX_CHARS),
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from rmkit.metrics import bt_probability
 
 MAX_ITEMS = 4096
 """Hard ceiling on items in one request, whatever the server's max_items."""
@@ -247,8 +248,8 @@ def text_chars(x: Any) -> int:
 
 
 def sigmoid(x: float) -> float:
-    """σ(x) without overflow either side: sigmoid(0) → 0.5, sigmoid(-1000) → 0.0."""
-    return 1 / (1 + math.exp(-x)) if x >= 0 else math.exp(x) / (1 + math.exp(x))
+    """σ(x) without overflow either side (metrics.bt_probability at T = 1): sigmoid(0) → 0.5, sigmoid(-1000) → 0.0."""
+    return float(bt_probability(x))
 
 
 def usage(token_counts: list[int]) -> dict[str, Any]:

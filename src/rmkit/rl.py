@@ -17,7 +17,9 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from rmkit.encoding import to_messages
+from rmkit.ensemble import RewardPath
 from rmkit.metrics import length_score_correlation
+from rmkit.scoring import Scorer
 from rmkit.shaping import RunningMoments, ShapedRewards, ShapingConfig, kl_estimate, kl_shaped_rewards, shape_rewards
 
 log = logging.getLogger(__name__)
@@ -131,9 +133,6 @@ class RewardFunction:
 
                 self._backend = RewardClient(self.source, timeout=self.timeout)
             elif self._backend is None:
-                from rmkit.ensemble import RewardPath
-                from rmkit.scoring import Scorer
-
                 scorers = [Scorer.load(m, device=self.device) if isinstance(m, str | Path) else m for m in self.source]
                 self._backend = RewardPath(scorers, self.shaping)
                 self._backend.running = self._running

@@ -19,10 +19,13 @@ from typing import Any
 
 import numpy as np
 
+from rmkit.backbones import resolve
 from rmkit.data import DataError, read_rows
 from rmkit.encoding import to_messages
 from rmkit.gym import gym_prompt, gym_response
+from rmkit.rl import is_url, reward_function
 from rmkit.rows import write_jsonl
+from rmkit.scoring import pick_device
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +83,6 @@ def load_policy(path: str, device: str = "auto") -> tuple[Any, Any]:
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from rmkit.backbones import resolve
-    from rmkit.scoring import pick_device
 
     folder, dev = resolve(path), pick_device(device)
     tokenizer = AutoTokenizer.from_pretrained(folder, padding_side="left")
@@ -168,8 +168,6 @@ def collect(prompts: str | Path | Sequence[str | Path], policy: str, reward: Any
     """
     import torch
 
-    from rmkit.rl import reward_function
-
     if n < 1:
         raise ValueError(f"n={n}: ask for at least one completion per prompt")
     tasks = read_prompts(prompts, limit)
@@ -247,8 +245,6 @@ def rerank(rollouts: str | Path, reward: Any, heldout: Any, out: str | Path | No
     Returns:
         The `best_of_n` report plus the two model names.
     """
-    from rmkit.rl import is_url, reward_function
-
     origins, rows = zip(*read_rows(rollouts), strict=True)
     for origin, row in zip(origins, rows, strict=True):
         if "_ng_task_index" not in row or "response" not in row:

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import numpy as np
 
 from rmkit import metrics
+from rmkit.data import read_pairs, read_rows
 from rmkit.rows import write_jsonl
 
 Method = Literal["auto", "margin", "disagreement"]
@@ -39,8 +40,6 @@ class PoolItem:
 def read_pool(source: Any) -> list[PoolItem]:
     """Unlabelled pairs: rows with `response_A` and `response_B` (a `preferred`, if any, is ignored), or with
     `chosen` and `rejected` read as A and B; `prompt` is optional ("" = implicit in the responses)."""
-    from rmkit.data import read_rows
-
     items = []
     for origin, row in read_rows(source):
         keys = ("response_A", "response_B") if "response_A" in row or "response_B" in row else ("chosen", "rejected")
@@ -153,7 +152,6 @@ def triage(model_dir: str | Path, data: Any, out: str | Path, min_prob: float = 
     Returns:
         The rows written.
     """
-    from rmkit.data import read_pairs
     from rmkit.scoring import Scorer
 
     pairs = read_pairs(data, format=format)

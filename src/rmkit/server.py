@@ -7,7 +7,7 @@ its single forward thread: the event loop never runs a forward. Request bodies a
 rmkit.routes, the encode → batch → shape path in rmkit.service, wire formats in rmkit.protocols, auth/limits/metrics
 in rmkit.gateway; this module wires them together at start-up and knows no model internals.
 
-FastAPI is imported inside create_app, so that reading a ServeConfig needs no web framework.
+ServeConfig lives in rmkit.config (re-exported here), so that reading one needs no web framework.
 """
 
 from __future__ import annotations
@@ -16,15 +16,20 @@ import logging
 import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
 
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from rmkit.batcher import MicroBatcher, QueueFull
 from rmkit.config import ServeConfig as ServeConfig  # re-exported: callers import it from here
 from rmkit.config import load_serve_config as load_serve_config
-
-if TYPE_CHECKING:
-    from fastapi import FastAPI
-
-    from rmkit.service import RewardBackend
+from rmkit.ensemble import RewardPath
+from rmkit.gateway import Gateway, Metrics
+from rmkit.routes import ROUTERS
+from rmkit.service import Limits, RewardBackend, RewardService
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +37,6 @@ log = logging.getLogger(__name__)
 def create_app(load_backend: Callable[[], RewardBackend], cfg: ServeConfig) -> FastAPI:
     """The HTTP app. `load_backend` runs once at start-up and returns an ensemble.RewardPath (tests may pass a fake
     with the same shape, service.RewardBackend)."""
-    from fastapi import FastAPI
-    from fastapi.concurrency import run_in_threadpool
-
-    from rmkit.batcher import MicroBatcher
-    from rmkit.gateway import Gateway, Metrics
-    from rmkit.routes import ROUTERS
-    from rmkit.service import Limits, RewardService
-
     metrics = Metrics(frozenset(route.path for router in ROUTERS for route in router.routes))
     limits = Limits(cfg.max_items, cfg.max_text_chars, cfg.request_timeout_s)
 
@@ -67,12 +64,6 @@ def create_app(load_backend: Callable[[], RewardBackend], cfg: ServeConfig) -> F
 
 def add_error_handlers(app: FastAPI) -> None:
     """Bad JSON → 400, invalid fields → 422 (never echoing the body), a full queue → 503 + Retry-After, else 500."""
-    from fastapi import Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
-
-    from rmkit.batcher import QueueFull
-
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
                   for e in exc.errors()]  # no "input": bodies are never echoed into errors or logs
@@ -94,10 +85,6 @@ def add_error_handlers(app: FastAPI) -> None:
 
 def serve(cfg: ServeConfig) -> None:
     """Load the model(s) and serve until SIGINT/SIGTERM; in-flight requests get shutdown_timeout_s to finish."""
-    import uvicorn
-
-    from rmkit.ensemble import RewardPath
-
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not cfg.token:
         log.warning("binding %s without a token: anyone who can reach this port can use the server", cfg.host)
 

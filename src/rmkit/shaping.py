@@ -164,7 +164,7 @@ def length_penalties(cfg: ShapingConfig, lengths: np.ndarray) -> np.ndarray:
 
 
 class RunningMoments:
-    """Running mean/std of a reward stream, TRL v0.11.4 semantics (PROTOCOLS §4.2); thread-safe.
+    """Running mean/std of a reward stream, TRL v0.11.4 semantics (docs/protocols.md §4); thread-safe.
 
     Starts at mean 0, var 1, count 1e-24. Each batch is merged in (parallel mean/var merge) before it is scaled;
     `std` is the unbiased running std. Until more than one value has been seen the std stays at its prior, 1
@@ -291,7 +291,7 @@ def kl_shaped_rewards(
     """PPO per-token rewards: −β·KL_t on response tokens, plus the score at the last attended token; 0 where masked.
 
     Args:
-        score: (B,) sequence scores, already clipped (clipping happens before KL is added, PROTOCOLS §4.3).
+        score: (B,) sequence scores, already clipped (clipping happens before KL is added, docs/protocols.md §4).
         logp, ref_logp: (B, T) log-probs of the sampled tokens under the policy and the reference.
         mask: (B, T) 1 on response tokens, any padding side; every row needs at least one 1.
         beta: KL coefficient.
@@ -303,6 +303,8 @@ def kl_shaped_rewards(
     """
     import torch
 
+    from rmkit.loss import last_attended_index  # here, not at the top: importing shaping must not load torch
+
     if logp.shape != ref_logp.shape or logp.shape != mask.shape or logp.dim() != 2 or score.shape != logp.shape[:1]:
         raise ValueError(f"expected score (B,) and logp, ref_logp, mask (B, T); got {tuple(score.shape)}, "
                          f"{tuple(logp.shape)}, {tuple(ref_logp.shape)}, {tuple(mask.shape)}")
@@ -313,7 +315,7 @@ def kl_shaped_rewards(
     if clip_kl is not None:
         kl = kl.clamp(-clip_kl, clip_kl)
     rewards = torch.where(attended, -beta * kl, torch.zeros_like(kl))  # (B, T)
-    last = mask.size(1) - 1 - attended.long().flip(1).argmax(1)  # (B,) index of the last 1, any padding side
+    last = last_attended_index(mask)  # (B,) index of the last 1, any padding side
     rows = torch.arange(mask.size(0), device=mask.device)
     rewards[rows, last] += score.to(rewards.dtype)
     return rewards
