@@ -88,3 +88,13 @@ def test_configs_are_frozen():
         TrainConfig().optim.lr = 1.0  # type: ignore[misc]
     with pytest.raises(ValueError, match="queue_size"):
         ServeConfig(model_dirs=["m"], queue_size=1, max_items=2)
+
+
+def test_reading_shaping_options_for_rmkit_score_needs_no_web_framework():
+    import subprocess
+    import sys
+
+    code = ("import sys, rmkit.config, rmkit.ensemble; "
+            "print(sorted(m for m in ('fastapi', 'rmkit.server') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
