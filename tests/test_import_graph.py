@@ -14,7 +14,7 @@ import rmkit
 SRC = Path(rmkit.__file__).parent
 LAYERS = [
     # 0 pure: arrays, tensors or JSON values in and out; no files, models or HTTP
-    {"loss", "metrics", "diagnostics", "shaping", "protocols", "gym"},
+    {"loss", "metrics", "diagnostics", "shaping", "protocols", "gym", "rowshapes"},
     # 1 I/O: files, configs, tokenizers, checkpoints, the model
     {"rows", "config", "data", "splits", "encoding", "backbones", "model", "checkpoint"},
     # 2 engine: scoring and what builds on it, the HTTP plumbing

@@ -63,14 +63,47 @@ class DataConfig(Strict):
     paths: list[str] = list(DEFAULT_DATA)
     """Preference files (JSONL, JSON, CSV, Parquet) or datasets saved with save_to_disk; relative to the working
     directory. The default is the vendored HH-RLHF harmless and PandaLM pairs."""
-    format: Literal["auto", "pairs", "hh", "ranked", "ab", "ratings"] = "auto"
-    """Row shape; 'auto' recognises each row by its keys."""
+    format: Literal["auto", "pairs", "hh", "ranked", "ab", "ratings", "helpsteer3", "graded"] = "auto"
+    """Row shape; 'auto' recognises each row by its keys. 'helpsteer3': HelpSteer3 preference rows as published;
+    'graded': UltraFeedback-style rows (one prompt, several completions with ratings)."""
     prompt_key: str = "prompt"
     """Key of the prompt (or context) column."""
     chosen_key: str = "chosen"
     """Key of the preferred response column."""
     rejected_key: str = "rejected"
     """Key of the other response column."""
+    margin_key: str = "margin"
+    """Key of the optional numeric margin of a pairs row (how much better chosen is)."""
+    response_key: str = "response"
+    """Ratings rows: the rated response; graded rows: each completion's response."""
+    score_key: str = "score"
+    """Ratings rows: the rating (HelpSteer2's 'helpfulness' when this column is absent)."""
+    context_key: str = "context"
+    """Ranked and HelpSteer3 rows: the prompt (text or chat messages)."""
+    completions_key: str = "completions"
+    """Ranked and graded rows: the list of completions."""
+    rank_key: str = "rank"
+    """Ranked rows: each completion's rank (lower is better; equal ranks give no pair)."""
+    completion_key: str = "completion"
+    """Ranked rows: each completion's text or messages."""
+    response_a_key: str = "response_A"
+    """A/B rows: the first response."""
+    response_b_key: str = "response_B"
+    """A/B rows: the second response."""
+    preferred_key: str = "preferred"
+    """A/B rows: 'A' or 'B'."""
+    response1_key: str = "response1"
+    """HelpSteer3 rows: the first response."""
+    response2_key: str = "response2"
+    """HelpSteer3 rows: the second response."""
+    preference_key: str = "overall_preference"
+    """HelpSteer3 rows: −3 (response1 much better) … 3 (response2 much better); |value| becomes the pair's margin,
+    0 is a tie (no pair, counted in a warning)."""
+    instruction_key: str = "instruction"
+    """Graded rows: the prompt when the row has no prompt_key column (UltraFeedback's 'instruction')."""
+    rating_key: str = "overall_score"
+    """Graded rows: each completion's rating, higher is better (UltraFeedback: 'overall_score' or
+    'fine-grained_score'); equal ratings give no pair."""
     skip_bad: bool = False
     """Skip malformed rows (and report how many) instead of stopping at the first one."""
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
@@ -90,6 +123,11 @@ class DataConfig(Strict):
     """Tokens per (prompt, response) after rendering; the prompt is cut from the left, the response end is kept."""
     max_train_pairs: int | None = None
     """Use only the first N training pairs (after splitting and balancing), for quick runs."""
+
+
+    def column_keys(self) -> dict[str, str]:
+        """Every `*_key` field, as `read_pairs` takes them: {"prompt_key": "prompt", "margin_key": "margin", ...}."""
+        return {name: getattr(self, name) for name in type(self).model_fields if name.endswith("_key")}
 
 
 class OptimConfig(Strict):

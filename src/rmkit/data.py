@@ -1,7 +1,9 @@
 """Read preference data from files or datasets into PreferencePair records; knows nothing about tokenizers.
 
 Formats (docs/protocols.md): TRL prompt/chosen/rejected in its four variants with configurable keys (`pairs`), HH-RLHF
-transcripts (`hh`), NeMo RL ranked completions (`ranked`), A/B with a label (`ab`) and scalar ratings (`ratings`).
+transcripts (`hh`), NeMo RL ranked completions (`ranked`), A/B with a label (`ab`) and scalar ratings (`ratings`);
+HelpSteer3 preference rows (`helpsteer3`) and UltraFeedback-style graded completions (`graded`) as published, read
+through `rmkit.rowshapes`. Every column name is configurable (`rowshapes.Keys`).
 Containers (.jsonl, .json, .csv, .parquet, a `datasets` save_to_disk folder or object, a list of dicts) are read by
 `rmkit.rows`; `read_rows` and `DataError` are re-exported from there.
 """
@@ -10,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -20,12 +21,15 @@ from typing import Any, Literal, get_args
 from rmkit.protocols import Role
 from rmkit.rows import DataError, rows_or_errors, short_repr
 from rmkit.rows import read_rows as read_rows  # re-exported: callers import it from here
+from rmkit.rowshapes import Keys, graded_parts, helpsteer3_parts, is_graded, is_helpsteer3
+from rmkit.rowshapes import RowError as _RowError
+from rmkit.rowshapes import number as _number
 
 logger = logging.getLogger(__name__)
 
 Message = dict[str, Any]
 Text = str | list[Message]
-Format = Literal["auto", "pairs", "hh", "ranked", "ab", "ratings"]
+Format = Literal["auto", "pairs", "hh", "ranked", "ab", "ratings", "helpsteer3", "graded"]
 
 ROLES: tuple[str, ...] = get_args(Role)
 HH_MARKER = "\n\nAssistant:"
@@ -36,6 +40,8 @@ SHAPES = {  # format → the keys that identify it (defaults shown), for error m
     "ranked": "context, completions: [{rank, completion}, ...]",
     "ab": "prompt, response_A, response_B, preferred ('A' or 'B')",
     "ratings": f"prompt, response, score (or HelpSteer2's {HELPSTEER_SCORE}, correctness, ...)",
+    "helpsteer3": "context, response1, response2, overall_preference (-3..3)",
+    "graded": "instruction (or prompt), completions: [{response, overall_score}, ...]",
 }
 
 
@@ -76,31 +82,10 @@ class RatedResponse:
     origin: str = ""
 
 
-class _RowError(Exception):
-    """What is wrong with a row and how to fix it; the reader adds file:line and the row's keys."""
-
-    def __init__(self, what: str, fix: str):
-        super().__init__(what)
-        self.what, self.fix = what, fix
-
-
 def _get(row: dict, key: str, hint: str) -> Any:
     if key not in row:
         raise _RowError(f"missing key {key!r}", hint)
     return row[key]
-
-
-def _number(value: Any, field: str) -> float:
-    if isinstance(value, str):  # CSV cells are strings
-        try:
-            value = float(value)
-        except ValueError:
-            pass
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _RowError(f"{field!r} is {short_repr(value)}, not a number", f"Give {field!r} a finite number.")
-    if not math.isfinite(value):
-        raise _RowError(f"{field!r} is {value}", f"Give {field!r} a finite number.")
-    return float(value)
 
 
 def _message(m: Any, field: str, answer: bool) -> Message:
@@ -178,24 +163,14 @@ def _pair(prompt: Any, chosen: Any, rejected: Any, names: tuple[str, str, str], 
     return PreferencePair(prompt, chosen, rejected, **meta)
 
 
-@dataclass(frozen=True)
-class _Keys:
-    prompt: str = "prompt"
-    chosen: str = "chosen"
-    rejected: str = "rejected"
-    margin: str = "margin"
-    response: str = "response"
-    score: str = "score"
-
-
-def _read_pairs_row(row: dict, k: _Keys, meta: dict) -> list[PreferencePair]:
+def _read_pairs_row(row: dict, k: Keys, meta: dict) -> list[PreferencePair]:
     hint = f"A pairs row needs {k.chosen!r} and {k.rejected!r} (and optionally {k.prompt!r}, {k.margin!r})."
     chosen, rejected = _get(row, k.chosen, hint), _get(row, k.rejected, hint)
     margin = _number(row[k.margin], k.margin) if k.margin in row else None
     return [_pair(row.get(k.prompt), chosen, rejected, (k.prompt, k.chosen, k.rejected), margin=margin, **meta)]
 
 
-def _read_hh_row(row: dict, k: _Keys, meta: dict) -> list[PreferencePair]:
+def _read_hh_row(row: dict, k: Keys, meta: dict) -> list[PreferencePair]:
     hint = f"An HH row needs {k.chosen!r} and {k.rejected!r} transcripts."
     parts = []
     for key in (k.chosen, k.rejected):
@@ -213,34 +188,56 @@ def _read_hh_row(row: dict, k: _Keys, meta: dict) -> list[PreferencePair]:
     return [_pair(prompt, chosen, rejected, ("prompt", k.chosen, k.rejected), **meta)]
 
 
-def _read_ranked_row(row: dict, k: _Keys, meta: dict) -> list[PreferencePair]:
-    hint = 'A ranked row needs "context" and "completions": [{"rank": int, "completion": ...}, ...].'
-    context, completions = _get(row, "context", hint), _get(row, "completions", hint)
+def _ranked_pairs(prompt: Any, prompt_name: str, ranked: list[tuple[float, Any, str]], meta: dict
+                  ) -> list[PreferencePair]:
+    """One pair per ordered (better, worse) couple: lower rank wins; equal ranks give no pair."""
+    return [_pair(prompt, a, b, (prompt_name, na, nb), **meta)
+            for ra, a, na in ranked for rb, b, nb in ranked if ra < rb]
+
+
+def _read_ranked_row(row: dict, k: Keys, meta: dict) -> list[PreferencePair]:
+    hint = f"A ranked row needs {k.context!r} and {k.completions!r}: [{{{k.rank!r}: int, {k.completion!r}: ...}}, ...]."
+    context, completions = _get(row, k.context, hint), _get(row, k.completions, hint)
     if not isinstance(completions, list) or len(completions) < 2:
-        raise _RowError(f"'completions' is {short_repr(completions)}, not a list of 2 or more", hint)
+        raise _RowError(f"{k.completions!r} is {short_repr(completions)}, not a list of 2 or more", hint)
     ranked = []
     for i, c in enumerate(completions):
-        if not isinstance(c, dict) or "rank" not in c or "completion" not in c:
-            raise _RowError(f"completions[{i}] is {short_repr(c)}", hint)
-        ranked.append((_number(c["rank"], f"completions[{i}].rank"), c["completion"], f"completions[{i}].completion"))
-    pairs = [_pair(context, a, b, ("context", na, nb), **meta)
-             for ra, a, na in ranked for rb, b, nb in ranked if ra < rb]  # lower rank wins; equal ranks: no pair
+        if not isinstance(c, dict) or k.rank not in c or k.completion not in c:
+            raise _RowError(f"{k.completions}[{i}] is {short_repr(c)}", hint)
+        name = f"{k.completions}[{i}]"
+        ranked.append((_number(c[k.rank], f"{name}.{k.rank}"), c[k.completion], f"{name}.{k.completion}"))
+    pairs = _ranked_pairs(context, k.context, ranked, meta)
     if not pairs:
         raise _RowError("every completion has the same rank, so there is no preference", "Give distinct ranks.")
     return pairs
 
 
-def _read_ab_row(row: dict, k: _Keys, meta: dict) -> list[PreferencePair]:
-    hint = f"An A/B row needs 'response_A', 'response_B' and 'preferred' (and optionally {k.prompt!r})."
-    a, b, preferred = (_get(row, key, hint) for key in ("response_A", "response_B", "preferred"))
+def _read_graded_row(row: dict, k: Keys, meta: dict) -> list[PreferencePair]:
+    """UltraFeedback-style: every pair of differently rated completions; all ratings equal gives no pair (a tie)."""
+    prompt, prompt_name, ranked = graded_parts(row, k)
+    return _ranked_pairs(prompt, prompt_name, ranked, meta)
+
+
+def _read_helpsteer3_row(row: dict, k: Keys, meta: dict) -> list[PreferencePair]:
+    """HelpSteer3: the preferred response, margin |overall_preference|; a 0 preference is a tie and gives no pair."""
+    parts = helpsteer3_parts(row, k)
+    if parts is None:
+        return []
+    prompt, chosen, rejected, margin, names = parts
+    return [_pair(prompt, chosen, rejected, names, margin=margin, **meta)]
+
+
+def _read_ab_row(row: dict, k: Keys, meta: dict) -> list[PreferencePair]:
+    hint = f"An A/B row needs {k.response_a!r}, {k.response_b!r} and {k.preferred!r} (and optionally {k.prompt!r})."
+    a, b, preferred = (_get(row, key, hint) for key in (k.response_a, k.response_b, k.preferred))
     if preferred not in ("A", "B"):
-        raise _RowError(f"'preferred' is {short_repr(preferred)}", "Allowed values are exactly 'A' and 'B'.")
+        raise _RowError(f"{k.preferred!r} is {short_repr(preferred)}", "Allowed values are exactly 'A' and 'B'.")
     chosen, rejected = (a, b) if preferred == "A" else (b, a)
-    names = (k.prompt, f"response_{preferred}", "response_" + "AB"[preferred == "A"])
+    names = (k.prompt, *((k.response_a, k.response_b) if preferred == "A" else (k.response_b, k.response_a)))
     return [_pair(row.get(k.prompt), chosen, rejected, names, chosen_position=preferred, **meta)]
 
 
-def _read_rated_row(row: dict, k: _Keys, meta: dict) -> RatedResponse:
+def _read_rated_row(row: dict, k: Keys, meta: dict) -> RatedResponse:
     hint = f"A ratings row needs {k.prompt!r}, {k.response!r} and {k.score!r} (or {HELPSTEER_SCORE!r})."
     prompt = _text(_get(row, k.prompt, hint), k.prompt)
     response = _text(_get(row, k.response, hint), k.response, answer=True)
@@ -250,19 +247,22 @@ def _read_rated_row(row: dict, k: _Keys, meta: dict) -> RatedResponse:
     return RatedResponse(prompt, response, score, meta["subset"], meta["origin"])
 
 
-_READERS: dict[str, Callable[[dict, _Keys, dict], list[PreferencePair]]] = {
-    "pairs": _read_pairs_row, "hh": _read_hh_row, "ranked": _read_ranked_row, "ab": _read_ab_row}
+_READERS: dict[str, Callable[[dict, Keys, dict], list[PreferencePair]]] = {
+    "pairs": _read_pairs_row, "hh": _read_hh_row, "ranked": _read_ranked_row, "ab": _read_ab_row,
+    "helpsteer3": _read_helpsteer3_row, "graded": _read_graded_row}
 
 
-def _detect(row: dict, k: _Keys) -> str:
+def _detect(row: dict, k: Keys) -> str:
     """The row's format, from its keys; a partial match picks the format so its reader names the missing key."""
     if k.chosen in row or k.rejected in row:
         c, r = row.get(k.chosen), row.get(k.rejected)
         transcripts = all(isinstance(t, str) and HH_MARKER in t for t in (c, r))
         return "hh" if k.prompt not in row and transcripts else "pairs"
-    if "completions" in row or "context" in row:
-        return "ranked"
-    if {"response_A", "response_B", "preferred"} & row.keys():
+    if is_helpsteer3(row, k):  # before ranked: HelpSteer3 rows also carry `context`
+        return "helpsteer3"
+    if k.completions in row or k.context in row or k.instruction in row:
+        return "graded" if is_graded(row, k) else "ranked"
+    if {k.response_a, k.response_b, k.preferred} & row.keys():
         return "ab"
     if k.response in row:
         return "ratings"
@@ -300,7 +300,7 @@ def _each_row(source: Any, handle: Callable[[dict, dict], None], skip_bad: bool)
 
 
 def read_pairs(source: Any, *, format: Format = "auto", prompt_key: str = "prompt", chosen_key: str = "chosen",
-               rejected_key: str = "rejected", margin_key: str = "margin", skip_bad: bool = False
+               rejected_key: str = "rejected", margin_key: str = "margin", skip_bad: bool = False, **other_keys: str
                ) -> list[PreferencePair]:
     """Read preference pairs from a file, a `datasets` folder or object, or a list of dicts.
 
@@ -308,34 +308,48 @@ def read_pairs(source: Any, *, format: Format = "auto", prompt_key: str = "promp
         source: path to .jsonl/.json/.csv/.parquet or a save_to_disk folder; a `datasets.Dataset`; a list of dicts.
         format: "auto" detects each row's format from its keys; any other value reads every row as that format.
         prompt_key, chosen_key, rejected_key, margin_key: column names for `pairs` rows (`prompt_key` also for
-            `ab` and `ratings`).
+            `ab`, `ratings` and `graded`).
         skip_bad: skip bad rows with one warning instead of raising (still raises if every row is bad).
+        **other_keys: the other column names, `<field>_key` for each field of `rowshapes.Keys` (response_key,
+            score_key, context_key, completions_key, rank_key, completion_key, response_a_key, response_b_key,
+            preferred_key, response1_key, response2_key, preference_key, instruction_key, rating_key).
 
     Returns:
-        The pairs in row order; ranked rows give one pair per ordered rank pair; ratings rows are paired at the
-        end by `ratings_to_pairs`.
+        The pairs in row order; ranked and graded rows give one pair per ordered (better, worse) couple; HelpSteer3
+        rows one pair with margin |overall_preference|; ratings rows are paired at the end by `ratings_to_pairs`.
+        Rows that carry no preference (HelpSteer3's 0, every rating of a graded row equal) give no pair and are
+        counted in one warning.
 
     Raises:
         DataError: "<file>:<line>: what is wrong (found keys: ...). How to fix."
     """
     if format not in get_args(Format):
         raise ValueError(f"format={format!r} is unknown; use one of {', '.join(get_args(Format))}.")
-    keys = _Keys(prompt_key, chosen_key, rejected_key, margin_key)
+    keys = Keys.from_names(prompt_key=prompt_key, chosen_key=chosen_key, rejected_key=rejected_key,
+                           margin_key=margin_key, **other_keys)
     pairs: list[PreferencePair] = []
     rated: list[RatedResponse] = []
+    ties: list[str] = []
 
     def handle(row: dict, meta: dict) -> None:
         kind = _detect(row, keys) if format == "auto" else format
         if kind == "ratings":
             rated.append(_read_rated_row(row, keys, meta))
-        else:
-            pairs.extend(_READERS[kind](row, keys, meta))
+            return
+        got = _READERS[kind](row, keys, meta)
+        if not got:
+            ties.append(meta["origin"])
+        pairs.extend(got)
 
     _each_row(source, handle, skip_bad)
     pairs += ratings_to_pairs(rated)
-    if not pairs:  # only ratings rows can get here
-        raise DataError(f"{source if isinstance(source, str | Path) else '<memory>'}: no pairs: ratings pair up only "
-                        "between responses to the same prompt with different scores, and no prompt has two.")
+    name = source if isinstance(source, str | Path) else "<memory>"
+    if ties:
+        logger.warning("%s: %d rows carried no preference (a tie: HelpSteer3 overall_preference 0, or equal ratings) "
+                       "and gave no pair; first: %s", name, len(ties), ", ".join(ties[:3]))
+    if not pairs:
+        raise DataError(f"{name}: no pairs: {len(ties)} rows are ties, and ratings pair up only between responses to "
+                        "the same prompt with different scores. Check the preference or rating columns.")
     return pairs
 
 
@@ -351,7 +365,7 @@ def read_ratings(source: Any, *, prompt_key: str = "prompt", response_key: str =
     Returns:
         One RatedResponse per row, in order; a str response to a message-list prompt becomes an assistant message.
     """
-    keys, rated = _Keys(prompt=prompt_key, response=response_key, score=score_key), []
+    keys, rated = Keys(prompt=prompt_key, response=response_key, score=score_key), []
     _each_row(source, lambda row, meta: rated.append(_read_rated_row(row, keys, meta)), skip_bad)
     return rated
 

@@ -42,8 +42,7 @@ def load_splits(cfg: DataConfig, seed: int) -> dict[str, list[PreferencePair]]:
     val: list[PreferencePair] = []
     test: list[PreferencePair] = []
     for path in cfg.paths:
-        pairs = read_pairs(path, format=cfg.format, prompt_key=cfg.prompt_key, chosen_key=cfg.chosen_key,
-                           rejected_key=cfg.rejected_key, skip_bad=cfg.skip_bad)
+        pairs = read_pairs(path, format=cfg.format, skip_bad=cfg.skip_bad, **cfg.column_keys())
         train_part, val_part, test_part = split_by_prompt(pairs, cfg.val_fraction, cfg.test_fraction, cfg.split_salt)
         per_file.append(train_part)
         val += val_part
