@@ -14,9 +14,9 @@ import rmkit
 SRC = Path(rmkit.__file__).parent
 LAYERS = [
     # 0 pure: arrays, tensors or JSON values in and out; no files, models or HTTP
-    {"loss", "metrics", "diagnostics", "shaping", "protocols", "gym", "rowshapes"},
+    {"loss", "metrics", "diagnostics", "shaping", "protocols", "gym", "rowshapes", "dialects"},
     # 1 I/O: files, configs, tokenizers, checkpoints, the model
-    {"rows", "config", "data", "splits", "encoding", "backbones", "model", "checkpoint"},
+    {"rows", "config", "data", "splits", "encoding", "backbones", "model", "checkpoint", "moments"},
     # 2 engine: scoring and what builds on it, the HTTP plumbing
     {"scoring", "ensemble", "calibration", "evaluation", "report", "selection", "batcher", "gateway", "client",
      "service"},

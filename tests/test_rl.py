@@ -260,3 +260,12 @@ def test_environment_metrics_have_the_upstream_keys_and_hand_worked_values():
     assert one["reward_model_env/std_reward"] == 0.0
     _, none = env.global_post_process_and_metrics({"message_log": [[]]})
     assert none == {"reward_model_env/num_samples": 1}
+
+
+def test_a_length_penalty_in_words_is_counted_on_the_completion_text_and_taken_off_the_raw_score(llama_scorer):
+    """1 word free, 0.5 per word over: "seven is prime" (3 words) loses 1.0, "7" (1 word) nothing; raw_reward unchanged."""
+    f = reward_function([llama_scorer], normalize="none", clip=None, length_penalty="linear", length_unit="words",
+                        length_threshold=1, length_coef=0.5, length_on="raw")
+    out = f.score(["Name a prime.", "Name a prime."], ["seven is prime", "7"], completion_ids=[[1] * 9, [1] * 9])
+    assert out.shaped.tolist() == pytest.approx([out.raw[0] - 1.0, out.raw[1]], abs=1e-9)
+    assert out.raw.tolist() == pytest.approx(llama_scorer.score(["Name a prime."] * 2, ["seven is prime", "7"]), abs=1e-5)

@@ -22,6 +22,8 @@ from rmkit.shaping import (
     kl_shaped_rewards,
     linear_length_penalty,
     normalize,
+    response_length,
+    running_moments,
     shape_rewards,
 )
 
@@ -253,3 +255,50 @@ def test_importing_shaping_does_not_import_torch():
     code = "import sys, rmkit.shaping; assert 'torch' not in sys.modules, 'torch was imported'"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+# ---------------------------------------------------------------- length in characters or words, on the raw score
+
+
+def test_response_length_counts_characters_or_words_of_text_and_messages():
+    """"Hi  there": 9 characters, 2 words; messages [a b] and [c]: "a b\\n\\nc" is 6 characters, 3 words."""
+    msgs = [{"role": "assistant", "content": "a b"}, {"role": "assistant", "content": "c"}]
+    assert [response_length("Hi  there", u) for u in ("chars", "words")] == [9, 2]
+    assert [response_length(msgs, u) for u in ("chars", "words")] == [6, 3]
+    with pytest.raises(ValueError, match="tokens need a tokenizer"):
+        response_length("x", "tokens")
+
+
+def test_nemo_gym_length_example_penalises_characters_over_500_on_the_raw_score():
+    """Raw 2 at 400, 500, 1500 characters, 0.001 per character over 500 → 2, 2, 2 − 1 = 1; raw_reward stays 2."""
+    cfg = ShapingConfig(normalize="none", clip=None, length_penalty="linear", length_unit="chars",
+                        length_threshold=500, length_coef=0.001, length_on="raw")
+    out = shape_rewards(np.array([2.0, 2.0, 2.0]), np.array([400, 500, 1500]), cfg)
+    assert out.shaped.tolist() == pytest.approx([2.0, 2.0, 1.0])
+    assert out.raw.tolist() == [2.0, 2.0, 2.0]
+
+
+def test_a_raw_stage_penalty_is_normalised_and_clipped_with_the_score():
+    """Stored (0, 1), clip 5: raw 8 with penalty −6 → raw stage 2 → 2; shaped stage clip(8) = 5, then −6 → −1."""
+    kwargs = dict(reward_mean=0.0, reward_std=1.0, length_penalty="linear", length_threshold=0, length_coef=1.0)
+    raw_stage = shape_rewards(np.array([8.0]), np.array([6]), ShapingConfig(**kwargs, length_on="raw"))
+    shaped_stage = shape_rewards(np.array([8.0]), np.array([6]), ShapingConfig(**kwargs))
+    assert (raw_stage.shaped[0], shaped_stage.shaped[0]) == (2.0, -1.0)
+
+
+def test_running_statistics_start_from_the_configured_mean_and_std():
+    """Seed (10, 4): one value 12 → mean 12 (the prior's count is 1e-24), std stays 4 → (12 − 12)/4 = 0.
+    Then 14: mean 13, unbiased std √2 → (14 − 13)/√2 ≈ 0.7071."""
+    cfg = ShapingConfig(normalize="running", reward_mean=10.0, reward_std=4.0, clip=None)
+    running = running_moments(cfg)
+    assert (running.mean, running.std) == (10.0, 4.0)
+    assert shape_rewards(np.array([12.0]), None, cfg, running=running).shaped[0] == pytest.approx(0.0)
+    assert shape_rewards(np.array([14.0]), None, cfg, running=running).shaped[0] == pytest.approx(1 / math.sqrt(2))
+    assert (running_moments(ShapingConfig(normalize="running")).mean, RunningMoments().std) == (0.0, 1.0)
+
+
+@pytest.mark.parametrize("kwargs", [{"length_unit": "chars"}, {"length_on": "raw"},
+                                    {"normalize": "none", "reward_std": 2.0}])
+def test_length_unit_and_stage_need_a_length_penalty_and_seeds_need_normalisation(kwargs):
+    with pytest.raises(ValidationError, match="only applies with"):
+        ShapingConfig(**kwargs)

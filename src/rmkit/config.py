@@ -13,6 +13,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, model_validator
 
+from rmkit.dialects import DialectError, gym_to_serve, is_gym_config
 from rmkit.protocols import MAX_CHARS, MAX_ITEMS
 from rmkit.shaping import ShapingConfig
 
@@ -316,23 +317,43 @@ class ServeConfig(Strict):
     """On SIGTERM/SIGINT, how long in-flight requests may take to finish before the process exits."""
     shaping: ShapingConfig = ShapingConfig()
     """How raw scores become rewards: normalisation, clipping, length penalty, threshold, ensemble rule."""
+    stats_path: str | None = None
+    """With shaping.normalize='running': a JSON file holding the running statistics, restored at start-up when it
+    exists (it wins over shaping.reward_mean/reward_std) and rewritten atomically after every scored request, so a
+    restarted server keeps its normalisation."""
 
     @model_validator(mode="after")
     def _queue_holds_a_request(self) -> ServeConfig:
         if self.queue_size < self.max_items:
             raise ValueError(f"queue_size={self.queue_size} < max_items={self.max_items}: a full-size request could "
                              "never be queued; raise queue_size or lower max_items")
+        if self.stats_path is not None and self.shaping.normalize != "running":
+            raise ValueError(f"stats_path={self.stats_path!r} keeps running statistics, but shaping.normalize="
+                             f"{self.shaping.normalize!r}; set shaping.normalize=running or drop stats_path")
         return self
 
 
+def _cuda_available() -> bool:
+    """Whether torch sees a GPU; torch is imported only here, for a NeMo Gym file's `device: cuda`."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def load_serve_config(source: str | Path, overrides: Sequence[str] = ()) -> ServeConfig:
-    """A ServeConfig from a YAML file or a bare model directory, plus dotted key=value overrides.
+    """A ServeConfig from a YAML file (rmkit's, or NeMo Gym's reward-model server config: the dialect is told by its
+    keys, see rmkit.dialects) or a bare model directory, plus dotted key=value overrides (rmkit's names).
 
     Example: load_serve_config("runs/x/model", ["port=9000", "shaping.clip=null"]). The token falls back to
     $RMKIT_TOKEN when neither the file nor an override sets it.
     """
     shape = "neither a model directory nor a serve YAML mapping (model_dirs, host, port, shaping, ...)"
     raw = {"model_dirs": [str(source)]} if Path(source).is_dir() else read_yaml_mapping(source, shape)
+    if is_gym_config(raw):
+        try:
+            raw = gym_to_serve(raw, str(source), ServeConfig.model_fields, _cuda_available)
+        except DialectError as exc:
+            raise ConfigError(str(exc)) from None
     raw = merge_mappings(raw, parse_overrides(list(overrides)))
     if raw.get("token") is None and os.environ.get("RMKIT_TOKEN"):
         raw["token"] = os.environ["RMKIT_TOKEN"]

@@ -25,12 +25,13 @@ from rmkit.gym import split_row
 from rmkit.protocols import content_text
 from rmkit.rows import read_rows, write_jsonl
 from rmkit.scoring import Scorer
-from rmkit.shaping import RunningMoments, ShapedRewards, ShapingConfig, combine_ensemble, shape_rewards
+from rmkit.shaping import ShapedRewards, ShapingConfig, combine_ensemble, response_length, running_moments, shape_rewards
 
 
 @dataclass(frozen=True)
 class Encoded:
-    """One input, tokenised for every member: ids[m] is member m's token ids; response_tokens feeds length penalties."""
+    """One input, tokenised for every member: ids[m] is member m's token ids; response_tokens is the response's length
+    for length penalties, in the shaping's length_unit (tokens unless characters or words are asked for)."""
 
     ids: tuple[list[int], ...]
     response_tokens: int
@@ -60,7 +61,7 @@ class RewardPath:
             raise ValueError("a RewardPath needs at least one scorer")
         self.scorers = list(scorers)
         self.shaping = shaping or ShapingConfig()
-        self.running = RunningMoments()
+        self.running = running_moments(self.shaping)
         if self.shaping.normalize == "stored" and self.shaping.reward_std is None:
             bad = [s.name for s in self.scorers if not s.card.reward_std > 0]
             if bad:  # found at start-up, not as an error on every request
@@ -92,6 +93,8 @@ class RewardPath:
     def _response_tokens(self, responses: Sequence[str]) -> list[int]:
         if self.shaping.length_penalty == "none":
             return [0] * len(responses)  # tokenising only to throw the counts away would cost time
+        if self.shaping.length_unit != "tokens":
+            return [response_length(r, self.shaping.length_unit) for r in responses]
         ids = self.scorers[0].tokenizer(list(responses), add_special_tokens=False)["input_ids"]
         return [len(i) for i in ids]
 

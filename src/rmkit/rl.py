@@ -16,11 +16,21 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from rmkit.dialects import nemo_rl_reward_model
 from rmkit.encoding import to_messages
 from rmkit.ensemble import RewardPath
 from rmkit.metrics import length_score_correlation
 from rmkit.scoring import Scorer
-from rmkit.shaping import RunningMoments, ShapedRewards, ShapingConfig, kl_estimate, kl_shaped_rewards, shape_rewards
+from rmkit.shaping import (
+    RunningMoments,
+    ShapedRewards,
+    ShapingConfig,
+    kl_estimate,
+    kl_shaped_rewards,
+    response_length,
+    running_moments,
+    shape_rewards,
+)
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +115,7 @@ class RewardFunction:
         self.shaping, self.__name__, self.device, self.timeout = shaping, name, device, timeout
         self._backend: Any = None  # the RewardPath or RewardClient, made on first use
         self._lock = threading.Lock()  # one local forward at a time; also guards the lazy load
-        self._running = RunningMoments()  # shared with the RewardPath, so that it survives pickling
+        self._running = running_moments(shaping)  # shared with the RewardPath, so that it survives pickling
 
     def __repr__(self) -> str:
         return f"RewardFunction({self.source!r}, name={self.__name__!r})"
@@ -141,8 +151,15 @@ class RewardFunction:
     def score(self, prompts: Sequence[Any], completions: Sequence[Any],
               completion_ids: Sequence[Sequence[int]] | None = None) -> ShapedRewards:
         """Raw and shaped rewards of B·G (prompt, completion) pairs; see `shaping.ShapedRewards`."""
-        lengths = None if completion_ids is None else [len(ids) for ids in completion_ids]
-        return self._score(prompts, completions, lengths)
+        return self._score(prompts, completions, self._lengths(completions, completion_ids))
+
+    def _lengths(self, completions: Sequence[Any], completion_ids: Sequence[Sequence[int]] | None
+                 ) -> list[int] | None:
+        """Lengths for a length penalty: characters or words of each completion, or the policy's token counts."""
+        unit = self.shaping.length_unit
+        if unit != "tokens":
+            return [response_length(c if isinstance(c, str) else to_messages(c), unit) for c in completions]
+        return None if completion_ids is None else [len(ids) for ids in completion_ids]
 
     def _score(self, prompts: Sequence[Any], completions: Sequence[Any], lengths: Sequence[int] | None
                ) -> ShapedRewards:
@@ -152,7 +169,7 @@ class RewardFunction:
         path = self.backend()
         with self._lock:
             encoded = path.encode_pairs(prompts, completions)
-            if lengths is not None:  # the policy's own token counts, not the reward model's
+            if lengths is not None:  # the policy's own token counts (or characters, words), not the RM's tokens
                 encoded = [dataclasses.replace(e, response_tokens=int(n))
                            for e, n in zip(encoded, lengths, strict=True)]
             return path.score(encoded)
@@ -171,7 +188,7 @@ class RewardFunction:
         if not self.is_remote:
             return await asyncio.to_thread(self.score, prompts, completions, completion_ids)
         answer = await self.backend().ascore_items(_items(prompts, completions))
-        return self._shape_served(answer, None if completion_ids is None else [len(i) for i in completion_ids])
+        return self._shape_served(answer, self._lengths(completions, completion_ids))
 
     def _log(self, out: ShapedRewards, completion_ids: Any, log_metric: Callable[[str, float], None] | None) -> None:
         if callable(log_metric):
@@ -206,7 +223,9 @@ class RewardFunction:
         """
         import torch
 
-        lengths = mask.long().sum(1).cpu().numpy()  # (B,) completion tokens, for a length penalty
+        lengths = self._lengths(completions, None)  # characters or words, when that is the unit
+        if lengths is None:
+            lengths = mask.long().sum(1).cpu().numpy()  # (B,) completion tokens, for a length penalty
         score = torch.tensor(self._score(prompts, completions, lengths).shaped, dtype=logp.dtype)  # (B,)
         return kl_shaped_rewards(score, logp, ref_logp, mask, beta, estimator, clip_kl)  # (B, T)
 
@@ -281,6 +300,22 @@ class RewardModelEnvironment:
             self.reward = source
         else:
             self.reward = reward_function(source, **shaping)
+
+    @classmethod
+    def from_nemo_rl_config(cls, config: dict[str, Any], **shaping: Any) -> RewardModelEnvironment:
+        """Build from NeMo RL's `env.reward_model` config dict as NeMo RL passes it (resolved), loading the model now.
+
+        Each key is mapped or refused by `dialects.nemo_rl_reward_model` (model_name → model directory, precision →
+        dtype, batch_size → rows per forward, max_model_len → max_length, resources → device). Rewards are the raw
+        scores, as NeMo RL's environment returns them, unless **shaping (ShapingConfig fields) says otherwise.
+        """
+        import torch
+
+        settings = nemo_rl_reward_model(config)
+        cfg = ShapingConfig(**{**URL_DEFAULTS, **shaping})  # raw scores by default, as upstream
+        path = RewardPath.load([settings.model_dir], cfg, device=settings.device, max_length=settings.max_length,
+                               dtype=getattr(torch, settings.precision), max_batch=settings.batch_size)
+        return cls(RewardFunction(path.scorers, cfg, name=cls.METRIC_PREFIX))
 
     def step(self, message_logs: list[list[dict[str, Any]]], env_infos: list[dict[str, Any]] | None = None
              ) -> EnvironmentReturn:

@@ -16,10 +16,12 @@ if TYPE_CHECKING:
 
 Ensemble = Literal["mean", "min", "mean_minus_std"]
 KLEstimator = Literal["k1", "k2", "k3"]
+LengthUnit = Literal["tokens", "chars", "words"]
 
 
 class ShapingConfig(BaseModel):
-    """How raw reward-model scores become rewards. Order: ensemble → normalise → clip → length penalty → threshold."""
+    """How raw reward-model scores become rewards. Order: ensemble → normalise → clip → length penalty → threshold
+    (with length_on='raw' the penalty comes first, on the raw score: ensemble → length penalty → normalise → clip)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
@@ -27,20 +29,29 @@ class ShapingConfig(BaseModel):
     """'stored': (r − mean)/std with the model directory's statistics (or the overrides below); 'running': TRL
     v0.11.4 RunningMoments, (r − μ)/(σ + eps) with the batch merged in first; 'none': raw scores."""
     reward_mean: float | None = None
-    """Overrides the stored mean (normalize='stored' only)."""
+    """normalize='stored': overrides the stored mean. normalize='running': the running mean's starting point (a
+    prior that the first batch replaces, TRL's count 1e-24), default 0."""
     reward_std: float | None = Field(None, gt=0)
-    """Overrides the stored std (normalize='stored' only); must be positive."""
+    """normalize='stored': overrides the stored std. normalize='running': the running std's starting point, kept
+    until more than one value has been seen, default 1. Must be positive."""
     clip: float | None = Field(5.0, gt=0)
     """Symmetric clip [−clip, +clip] applied after normalisation and before any length penalty; None turns it off."""
     length_penalty: Literal["none", "linear", "dapo"] = "none"
     """Penalty added after clipping (so it is never clipped away): 'linear' −coef·max(0, L − threshold), or 'dapo'
     soft overlong punishment (DAPO Eq. 13), in [−1, 0]."""
+    length_unit: LengthUnit = "tokens"
+    """What a response's length counts: 'tokens' (the policy's completion_ids when given, else the reward model's
+    tokenizer), 'chars' (characters of the response text) or 'words' (whitespace-separated words)."""
+    length_on: Literal["shaped", "raw"] = "shaped"
+    """Where the penalty is added: 'shaped', after normalising and clipping (so it is never clipped away); 'raw', to
+    the raw score before normalising and clipping, as NeMo Gym applies its length penalty (its example: characters
+    over 500 at 0.001 each is length_unit='chars', length_threshold=500, length_coef=0.001, length_on='raw')."""
     length_threshold: int = Field(0, ge=0)
-    """linear: response length in tokens above which the penalty starts."""
+    """linear: response length (in length_unit) above which the penalty starts."""
     length_coef: float = Field(0.0, ge=0)
-    """linear: penalty per token over length_threshold."""
+    """linear: penalty per length_unit over length_threshold."""
     dapo_max_length: int | None = Field(None, gt=0)
-    """dapo: Lmax, the maximum completion length in tokens; longer responses get −1."""
+    """dapo: Lmax, the maximum completion length (in length_unit); longer responses get −1."""
     dapo_cache: int = Field(0, ge=0)
     """dapo: Lc, the soft-punishment cache; the penalty ramps from 0 at Lmax − Lc to −1 at Lmax."""
     reward_threshold: float | None = None
@@ -54,8 +65,10 @@ class ShapingConfig(BaseModel):
     def _no_ignored_fields(self) -> ShapingConfig:
         defaults = type(self).model_fields
         needs = {
-            "reward_mean": ("normalize", "stored"),
-            "reward_std": ("normalize", "stored"),
+            "reward_mean": ("normalize", ("stored", "running")),
+            "reward_std": ("normalize", ("stored", "running")),
+            "length_unit": ("length_penalty", ("linear", "dapo")),
+            "length_on": ("length_penalty", ("linear", "dapo")),
             "length_threshold": ("length_penalty", "linear"),
             "length_coef": ("length_penalty", "linear"),
             "dapo_max_length": ("length_penalty", "dapo"),
@@ -63,8 +76,10 @@ class ShapingConfig(BaseModel):
             "ensemble_k": ("ensemble", "mean_minus_std"),
         }
         for name, (switch, value) in needs.items():
-            if getattr(self, name) != defaults[name].default and getattr(self, switch) != value:
-                raise ValueError(f"{name}={getattr(self, name)!r} only applies with {switch}={value!r} "
+            allowed = value if isinstance(value, tuple) else (value,)
+            if getattr(self, name) != defaults[name].default and getattr(self, switch) not in allowed:
+                shown = " or ".join(repr(v) for v in allowed)
+                raise ValueError(f"{name}={getattr(self, name)!r} only applies with {switch}={shown} "
                                  f"(got {switch}={getattr(self, switch)!r}); set {switch} or drop {name}.")
         if self.length_penalty == "linear" and self.length_coef == 0:
             raise ValueError("length_penalty='linear' needs length_coef > 0 (penalty per token over the threshold).")
@@ -143,6 +158,19 @@ def linear_length_penalty(lengths: np.ndarray, threshold: int, coef: float) -> n
     return -coef * np.maximum(0, np.asarray(lengths, dtype=np.float64) - threshold)
 
 
+def response_length(response: str | list[dict[str, Any]], unit: Literal["chars", "words"]) -> int:
+    """Characters or whitespace-separated words of a response, text or chat messages (contents joined by blank lines).
+
+    "Hi  there" → 9 chars, 2 words; [{"role": "assistant", "content": "a b"}] → 3 chars, 2 words.
+    """
+    text = response if isinstance(response, str) else "\n\n".join(str(m.get("content") or "") for m in response)
+    if unit == "chars":
+        return len(text)
+    if unit == "words":
+        return len(text.split())
+    raise ValueError(f"response_length counts 'chars' or 'words', got {unit!r} (tokens need a tokenizer)")
+
+
 def dapo_length_penalty(lengths: np.ndarray, max_length: int, cache: int) -> np.ndarray:
     """DAPO Eq. 13 (TRL's soft overlong punishment): 0 for L ≤ Lmax − Lc, ((Lmax − Lc) − L)/Lc up to Lmax, −1 above.
 
@@ -166,13 +194,16 @@ def length_penalties(cfg: ShapingConfig, lengths: np.ndarray) -> np.ndarray:
 class RunningMoments:
     """Running mean/std of a reward stream, TRL v0.11.4 semantics (docs/protocols.md §4); thread-safe.
 
-    Starts at mean 0, var 1, count 1e-24. Each batch is merged in (parallel mean/var merge) before it is scaled;
-    `std` is the unbiased running std. Until more than one value has been seen the std stays at its prior, 1
-    (TRL would divide by zero there).
+    Starts at mean 0, var 1, count 1e-24, or at a given mean and std: a starting point that the first batch replaces,
+    except that the std is kept until more than one value has been seen. Each batch is merged in (parallel mean/var
+    merge) before it is scaled; `std` is the unbiased running std. Until more than one value has been seen the std
+    stays at its prior, 1 by default (TRL would divide by zero there).
     """
 
-    def __init__(self) -> None:
-        self.mean, self.var, self.std, self.count = 0.0, 1.0, 1.0, 1e-24
+    def __init__(self, mean: float = 0.0, std: float = 1.0) -> None:
+        if not std > 0:
+            raise ValueError(f"the starting std must be positive, got {std}")
+        self.mean, self.var, self.std, self.count = float(mean), float(std) ** 2, float(std), 1e-24
         self._lock = threading.Lock()
 
     def update(self, x: np.ndarray) -> tuple[float, float]:
@@ -208,6 +239,29 @@ class RunningMoments:
             self.mean, self.var, self.std, self.count = (float(state[k]) for k in ("mean", "var", "std", "count"))
 
 
+def running_moments(cfg: ShapingConfig) -> RunningMoments:
+    """A fresh RunningMoments starting from cfg's reward_mean/reward_std (0 and 1 when unset)."""
+    return RunningMoments(0.0 if cfg.reward_mean is None else cfg.reward_mean,
+                          1.0 if cfg.reward_std is None else cfg.reward_std)
+
+
+def _normalised(scores: np.ndarray, cfg: ShapingConfig, stats: tuple[float, float] | None,
+                running: RunningMoments | None) -> np.ndarray:
+    if cfg.normalize == "stored":
+        mean = cfg.reward_mean if cfg.reward_mean is not None else (stats[0] if stats else None)
+        std = cfg.reward_std if cfg.reward_std is not None else (stats[1] if stats else None)
+        if mean is None or std is None:
+            raise ValueError("normalize='stored' needs the model's mean/std statistics, but none were found; "
+                             "pass reward_mean and reward_std, or use normalize='none'.")
+        return normalize(scores, mean, std)
+    if cfg.normalize == "running":
+        if running is None:
+            raise ValueError("normalize='running' needs a RunningMoments instance (running=...).")
+        mean, std = running.update(scores)
+        return normalize(scores, mean, std + np.finfo(np.float64).eps)
+    return scores
+
+
 def shape_rewards(
     raw: np.ndarray,
     lengths: np.ndarray | None,
@@ -217,17 +271,19 @@ def shape_rewards(
 ) -> ShapedRewards:
     """Apply cfg to raw scores: ensemble combine → normalise → clip → add length penalty → threshold.
 
-    The length penalty is added after clipping so a large penalty is never clipped away.
+    The length penalty is added after clipping so a large penalty is never clipped away; with length_on='raw' it is
+    added to the raw score before normalising instead (`raw` stays the model's score).
 
     Args:
         raw: (N,) scores of one model, or (M, N) scores of M ensemble members.
-        lengths: (N,) response lengths in tokens; needed only when cfg.length_penalty is not 'none'.
+        lengths: (N,) response lengths in cfg.length_unit; needed only when cfg.length_penalty is not 'none'.
         cfg: the shaping settings.
         stats: stored (mean, std) from the model directory, for normalize='stored'; cfg overrides win.
         running: the shared RunningMoments, for normalize='running'; it is updated with this batch first.
 
     Returns:
-        ShapedRewards. Example: r = 13, stored (1, 2), clip 5 → (13 − 1)/2 = 6 → 5.
+        ShapedRewards. Example: r = 13, stored (1, 2), clip 5 → (13 − 1)/2 = 6 → 5. With length_on='raw', chars,
+        threshold 500, coef 0.001, normalize 'none': r = 2 at 1500 characters → 2 − 1 = 1.
     """
     scores = np.asarray(raw, dtype=np.float64)
     members = member_std = None
@@ -236,27 +292,17 @@ def shape_rewards(
         scores, member_std = combine_ensemble(scores, cfg.ensemble, cfg.ensemble_k)  # (N,), (N,)
     elif scores.ndim != 1:
         raise ValueError(f"raw must be (N,) or (M, N), got shape {scores.shape}")
-    shaped = scores
-    if cfg.normalize == "stored":
-        mean = cfg.reward_mean if cfg.reward_mean is not None else (stats[0] if stats else None)
-        std = cfg.reward_std if cfg.reward_std is not None else (stats[1] if stats else None)
-        if mean is None or std is None:
-            raise ValueError("normalize='stored' needs the model's mean/std statistics, but none were found; "
-                             "pass reward_mean and reward_std, or use normalize='none'.")
-        shaped = normalize(scores, mean, std)
-    elif cfg.normalize == "running":
-        if running is None:
-            raise ValueError("normalize='running' needs a RunningMoments instance (running=...).")
-        mean, std = running.update(scores)
-        shaped = normalize(scores, mean, std + np.finfo(np.float64).eps)
-    if cfg.clip is not None:
-        shaped = clip(shaped, cfg.clip)
     penalty = None
     if cfg.length_penalty != "none":
         if lengths is None or np.shape(lengths) != scores.shape:
             raise ValueError(f"length_penalty={cfg.length_penalty!r} needs lengths of shape {scores.shape}, "
                              f"got {None if lengths is None else np.shape(lengths)}")
-        penalty = length_penalties(cfg, lengths)
+        penalty = length_penalties(cfg, np.asarray(lengths))
+    raw_stage = penalty is not None and cfg.length_on == "raw"
+    shaped = _normalised(scores + penalty if raw_stage else scores, cfg, stats, running)
+    if cfg.clip is not None:
+        shaped = clip(shaped, cfg.clip)
+    if penalty is not None and not raw_stage:
         shaped = shaped + penalty
     passed = None if cfg.reward_threshold is None else shaped >= cfg.reward_threshold
     return ShapedRewards(raw=scores, shaped=shaped, members=members, member_std=member_std, passed=passed,
