@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import textwrap
 
+import numpy as np
 import pytest
 import yaml
 from fastapi.testclient import TestClient
@@ -231,3 +232,22 @@ def test_nemo_rl_precision_reaches_the_loaded_weights(llama_dir):
     [scorer] = env.reward.backend().scorers
     assert next(scorer.model.parameters()).dtype == torch.bfloat16
     assert len(env.step([[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]]).rewards) == 1
+
+
+def test_the_readme_nemo_gym_example_is_served_as_it_is_written(tmp_path, no_cuda):
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("**NeMo Gym.**"):]
+    block = section[section.index("```yaml\n") + len("```yaml\n"):section.index("```\n", section.index("```yaml"))]
+    (tmp_path / "reward_model.yaml").write_text(block)
+    cfg = load_serve_config(tmp_path / "reward_model.yaml")
+    assert (cfg.model_dirs, cfg.batch_size, cfg.shaping.normalize) == (["runs/default/model"], 8, "none")
+
+
+def test_nemo_gyms_default_max_length_is_capped_at_what_a_bert_can_take(bert_dir, caplog):
+    with caplog.at_level(logging.WARNING, logger="rmkit.ensemble"):
+        path = RewardPath.load([bert_dir], device="cpu", max_length=2048)
+    assert path.scorers[0].encoder.max_length == 512 and "exceeds its 512 positions" in caplog.text
+    out = path.rewards(["Name a prime."], ["7 " * 600])  # 1200+ tokens, cut from the left to 512
+    assert np.isfinite(out.raw).all()

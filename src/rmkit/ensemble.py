@@ -13,6 +13,7 @@ like with like. normalize='running' combines the raw scores first and keeps one 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,6 +27,8 @@ from rmkit.protocols import content_text
 from rmkit.rows import read_rows, write_jsonl
 from rmkit.scoring import Scorer
 from rmkit.shaping import ShapedRewards, ShapingConfig, combine_ensemble, response_length, running_moments, shape_rewards
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -71,11 +74,15 @@ class RewardPath:
     @classmethod
     def load(cls, model_dirs: Sequence[str | Path], shaping: ShapingConfig | None = None, device: str = "auto",
              max_length: int | None = None, **scorer_kwargs: Any) -> RewardPath:
-        """Load each model directory once; `max_length` (if set) overrides each card's; the rest goes to Scorer."""
+        """Load each model directory once; `max_length` (if set) overrides each card's, capped with a warning at what
+        the model's position embeddings can take (NeMo Gym's default 2048 exceeds a BERT's 512); the rest goes to
+        Scorer."""
         scorers = [Scorer.load(d, device=device, **scorer_kwargs) for d in model_dirs]
-        if max_length is not None:
-            for s in scorers:
-                s.encoder = Encoder(s.tokenizer, max_length, s.card.add_special_tokens)
+        for s in scorers if max_length is not None else []:
+            limit = getattr(s.model.hf.config, "max_position_embeddings", None) or max_length
+            if max_length > limit:
+                log.warning("%s: max_length %d exceeds its %d positions; using %d", s.name, max_length, limit, limit)
+            s.encoder = Encoder(s.tokenizer, min(max_length, limit), s.card.add_special_tokens)
         return cls(scorers, shaping)
 
     @property

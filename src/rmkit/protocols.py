@@ -107,6 +107,22 @@ class ScoreResponse(Forbid):
     """Population std of the raw member scores, per item (ensembles only)."""
 
 
+class PlainScoreRequest(Forbid):
+    """The body most FastAPI /score tutorials write: one prompt and one response (each text or chat messages)."""
+
+    prompt: Text | Conversation
+    """The prompt: text, or chat messages before the response."""
+    response: Text | Conversation
+    """The response: text, or assistant message(s)."""
+
+
+class PlainScoreResponse(Forbid):
+    score: float
+    """The shaped reward (as `rewards` of the batch form)."""
+    raw_score: float
+    """The model's raw score, before shaping."""
+
+
 # ---- OpenRLHF /get_reward -----------------------------------------------------------------------------------------
 
 
@@ -148,6 +164,8 @@ class VerifyRequest(Allow):
     """What the policy was asked (Responses API create params)."""
     response: GymResponse
     """What the policy answered (a Responses API response)."""
+    reward_threshold: float | None = Field(None, allow_inf_nan=False)
+    """This row's pass mark: the answer gets `passed` = reward ≥ reward_threshold (over the server's own threshold)."""
 
 
 class AggregateMetricsRequest(Allow):
@@ -289,8 +307,8 @@ def engine_inputs(body: EngineRequest) -> EngineInputs:
 
 
 def _numeric_stats(rows: list[dict[str, Any]]) -> dict[str, float]:
-    keys = sorted({k for r in rows for k, v in r.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool) and not k.startswith("_ng_")})
+    keys = sorted({k for r in rows for k, v in r.items()  # booleans count 0/1: mean/passed is the pass rate
+                   if isinstance(v, (int, float)) and not k.startswith("_ng_")})
     out = {}
     with np.errstate(all="ignore"):
         for k in keys:
@@ -303,7 +321,8 @@ def _numeric_stats(rows: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def aggregate(verify_responses: list[dict[str, Any]]) -> dict[str, Any]:
-    """NeMo Gym /aggregate_metrics: mean/max/min/median/std of every numeric field, overall and per task."""
+    """NeMo Gym /aggregate_metrics: mean/max/min/median/std of every numeric field, overall and per task; a boolean
+    field counts 0/1, so mean/passed is the pass rate."""
     if not verify_responses:
         return {"group_level_metrics": [], "agent_metrics": {}, "key_metrics": {}}
     groups: dict[Any, list[dict[str, Any]]] = {}

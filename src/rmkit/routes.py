@@ -40,8 +40,15 @@ async def prometheus(request: Request) -> str:
 
 
 @rmkit.post("/score")
-async def score(body: P.ScoreRequest, request: Request, service: Service) -> P.ScoreResponse:
-    """rmkit's own API: shaped and raw rewards of prompt + response items (or chat messages)."""
+async def score(body: P.ScoreRequest | P.PlainScoreRequest, request: Request, service: Service
+                ) -> P.ScoreResponse | P.PlainScoreResponse:
+    """rmkit's own API: shaped and raw rewards of prompt + response items (or chat messages); the plain
+    {"prompt", "response"} body most FastAPI tutorials write gets {"score", "raw_score"}."""
+    if isinstance(body, P.PlainScoreRequest):
+        prompt, response = P.ScoreItem(prompt=body.prompt, response=body.response).split()
+        service.check_limits([P.text_chars(prompt) + P.text_chars(response)])
+        _, out = await service.run(request, lambda: service.backend.encode_pairs([prompt], [response]))
+        return P.PlainScoreResponse(score=float(out.shaped[0]), raw_score=float(out.raw[0]))
     pairs = [item.split() for item in body.items]
     service.check_limits([P.text_chars(p) + P.text_chars(r) for p, r in pairs])
     backend = service.backend
@@ -83,6 +90,8 @@ async def verify(body: P.VerifyRequest, request: Request, service: Service) -> d
     service.check_limits([P.text_chars(prompt) + len(response)])
     _, out = await service.run(request, lambda: service.backend.encode_pairs([prompt], [response]))
     result = {**echo, **out.item(0)}
+    if body.reward_threshold is not None:  # this row's own pass mark, over the server's
+        result["passed"] = result["reward"] >= body.reward_threshold
     parts = out.components(0)
     if parts is not None:  # the parts sum to the reward exactly
         result.update(reward_components=parts, **parts)

@@ -28,6 +28,7 @@ from rmkit.config import ServeConfig as ServeConfig  # re-exported: callers impo
 from rmkit.config import load_serve_config as load_serve_config
 from rmkit.ensemble import RewardPath
 from rmkit.gateway import Gateway, Metrics
+from rmkit.moments import load_moments, save_moments
 from rmkit.routes import ROUTERS
 from rmkit.service import Limits, RewardBackend, RewardService
 
@@ -47,11 +48,15 @@ def create_app(load_backend: Callable[[], RewardBackend], cfg: ServeConfig) -> F
                                max_wait_s=cfg.max_wait_ms / 1000, max_queue=cfg.queue_size,
                                on_batch=metrics.observe_batch)
         metrics.queue_depth = lambda: batcher.depth
-        app.state.service = RewardService(backend, batcher, limits)
+        if cfg.stats_path is not None:
+            backend.running = load_moments(cfg.stats_path, backend.running)
+        app.state.service = RewardService(backend, batcher, limits, stats_path=cfg.stats_path)
         batcher.start()
         log.info("serving %s on %s:%s", backend.name, cfg.host, cfg.port)
         yield
         await batcher.stop()  # uvicorn has already let in-flight requests finish
+        if cfg.stats_path is not None:
+            save_moments(backend.running, cfg.stats_path)
 
     app = FastAPI(title="rmkit reward server", lifespan=lifespan)
     app.state.metrics = metrics

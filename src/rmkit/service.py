@@ -20,7 +20,8 @@ from fastapi.concurrency import run_in_threadpool
 
 from rmkit.batcher import MicroBatcher
 from rmkit.ensemble import Encoded
-from rmkit.shaping import ShapedRewards, ShapingConfig
+from rmkit.moments import save_moments
+from rmkit.shaping import RunningMoments, ShapedRewards, ShapingConfig
 
 
 class RewardBackend(Protocol):
@@ -30,6 +31,7 @@ class RewardBackend(Protocol):
     member_names: list[str]
     max_length: int
     shaping: ShapingConfig
+    running: RunningMoments  # normalize='running' statistics; saved after each request when stats_path is set
 
     def encode_pairs(self, prompts: Sequence[Any], responses: Sequence[Any]) -> list[Encoded]: ...
 
@@ -55,8 +57,9 @@ class Limits:
 class RewardService:
     """The encode → batch → shape path of every reward route, with the server's limits."""
 
-    def __init__(self, backend: RewardBackend, batcher: MicroBatcher, limits: Limits):
+    def __init__(self, backend: RewardBackend, batcher: MicroBatcher, limits: Limits, stats_path: str | None = None):
         self.backend, self.batcher, self.limits = backend, batcher, limits
+        self.stats_path = stats_path  # running statistics saved here after every request (ServeConfig.stats_path)
 
     def check_limits(self, sizes: Sequence[int]) -> None:
         """422 when a request has more items than max_items, or an item more characters than max_text_chars."""
@@ -84,7 +87,10 @@ class RewardService:
             rows = await asyncio.wait_for(future, max(left, 0.001))
         except asyncio.TimeoutError:
             raise HTTPException(504, f"not scored within request_timeout_s={self.limits.request_timeout_s}") from None
-        return encoded, self.backend.shape(np.asarray(rows, dtype=np.float64), encoded)  # rows: (N, M)
+        out = self.backend.shape(np.asarray(rows, dtype=np.float64), encoded)  # rows: (N, M)
+        if self.stats_path is not None:  # after every update, so a crash loses at most the requests in flight
+            await run_in_threadpool(save_moments, self.backend.running, self.stats_path)
+        return encoded, out
 
 
 def _encode(fn: Callable[[], list[Encoded]]) -> list[Encoded]:

@@ -45,7 +45,8 @@ class ShapingConfig(BaseModel):
     length_on: Literal["shaped", "raw"] = "shaped"
     """Where the penalty is added: 'shaped', after normalising and clipping (so it is never clipped away); 'raw', to
     the raw score before normalising and clipping, as NeMo Gym applies its length penalty (its example: characters
-    over 500 at 0.001 each is length_unit='chars', length_threshold=500, length_coef=0.001, length_on='raw')."""
+    over 500 at 0.001 each is length_unit='chars', length_threshold=500, length_coef=0.001, length_on='raw'). /verify's
+    reward_components then give the penalty in raw-score units and the model part as the rest of the reward."""
     length_threshold: int = Field(0, ge=0)
     """linear: response length (in length_unit) above which the penalty starts."""
     length_coef: float = Field(0.0, ge=0)
