@@ -205,7 +205,7 @@ def nemo_rl_reward_model(cfg: dict[str, Any]) -> NemoRlRewardModel:
         raise DialectError(f"env.reward_model has unknown keys {', '.join(unknown)}; known: {', '.join(NEMO_RL_KEYS)}")
     unresolved = _unresolved(cfg)
     if unresolved:
-        raise DialectError(f"env.reward_model.{unresolved[0]} is an unresolved interpolation ({cfg_get(cfg, unresolved[0])!r});"
+        raise DialectError(f"env.reward_model.{unresolved[0]} is an unresolved interpolation ({_get_dotted(cfg, unresolved[0])!r});"
                           " resolve the config first, as NeMo RL does (OmegaConf.to_container(cfg, resolve=True)).")
     _check(cfg.get("enabled", True) is True, "enabled", cfg.get("enabled"), "the environment is disabled")
     model = cfg.get("model_name")
@@ -236,7 +236,7 @@ def nemo_rl_reward_model(cfg: dict[str, Any]) -> NemoRlRewardModel:
     return NemoRlRewardModel(model, precision, device, batch, length)
 
 
-def cfg_get(cfg: dict[str, Any], dotted: str) -> Any:
+def _get_dotted(cfg: dict[str, Any], dotted: str) -> Any:
     """cfg["a"]["b"] for "a.b"."""
     for key in dotted.split("."):
         cfg = cfg[key]
