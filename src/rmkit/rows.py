@@ -88,8 +88,8 @@ def _first_bad_byte(path: Path, chunk: int = 1 << 20) -> tuple[int, int, bytes]:
                 decoder.decode(data, final=not data)
             except UnicodeDecodeError as e:  # e.start counts from the pending bytes, then this chunk
                 joined = pending + data
-                return offset - len(pending) + e.start, newlines + joined.count(b"\n", 0, e.start) + 1, \
-                    joined[e.start : e.start + 4]
+                line = newlines + joined.count(b"\n", 0, e.start) + 1
+                return offset - len(pending) + e.start, line, joined[e.start : e.start + 4]
             if not data:
                 return offset, newlines + 1, b""
             offset, newlines = offset + len(data), newlines + data.count(b"\n")
