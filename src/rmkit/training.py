@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -230,9 +231,14 @@ def write_config(cfg: TrainConfig, out: Path) -> None:
 
 
 def make_accelerator(tc: TrainingConfig) -> Accelerator:
-    """The Accelerator for tc.precision; also sets torch's thread count when asked."""
+    """The Accelerator for tc.precision; also sets torch's thread count when asked. fp16 on a CPU is refused:
+    accelerate applies no fp16 autocast there and would run fp32, silently."""
     # cpu=True lets a plain `torchrun` on a CPU machine form a gloo process group (accelerate needs the hint)
     on_cpu = not (torch.cuda.is_available() or torch.backends.mps.is_available())
+    if tc.precision == "fp16" and on_cpu:
+        raise TrainingError("train.precision=fp16 needs a GPU (on a CPU accelerate applies no fp16 autocast); "
+                            "use bf16 or fp32")
+    AcceleratorState._reset_state()  # a second train() in one process may use another precision; keeps the process group
     accelerator = Accelerator(mixed_precision=mixed_precision(tc.precision), cpu=on_cpu)
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
