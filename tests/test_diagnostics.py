@@ -20,6 +20,7 @@ from rmkit.diagnostics import (
     rating_flag,
     swap_flag,
     train_val_gap,
+    training_flag,
 )
 from rmkit.evaluation import dataset_names, position_summary, summarize, summarize_ratings
 
@@ -107,6 +108,15 @@ def test_train_val_gap_averages_the_last_training_rows():
     assert gap["val_accuracy"] == 0.7 and gap["gap"] == pytest.approx(0.25)
     assert (gap["train_step"], gap["val_step"]) == (3, 3)
     assert train_val_gap([r for r in rows if r["split"] == "train"]) is None
+    assert gap["val_heldout"] is True  # rows without the field (older runs) count as held out
+
+
+def test_training_flag_checks_overfitting_only_against_held_out_rows():
+    rows = [{"step": 1, "split": "train", "accuracy": 1.0}, {"step": 1, "split": "val", "accuracy": 0.6}]
+    assert training_flag(train_val_gap(rows)).kind == "overfitting"  # gap 0.4 > 0.1
+    assert training_flag(train_val_gap([rows[0], {**rows[1], "accuracy": 0.95}])) is None
+    stand_in = training_flag(train_val_gap([rows[0], {**rows[1], "heldout": False, "accuracy": 1.0}]))
+    assert stand_in.kind == "no_heldout" and "training pairs (data.val_fraction=0)" in stand_in.message
 
 
 def test_length_difference_buckets_match_hand_worked_ratios():

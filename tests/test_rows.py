@@ -47,3 +47,45 @@ def test_importing_rmkit_rows_loads_no_heavy_library():
     code = "import sys, rmkit.rows; print(sorted({'torch', 'transformers', 'datasets', 'pyarrow'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+NOT_UTF8 = [  # (suffix, bytes, line, byte offset of the first bad byte)
+    (".jsonl", b'{"a": "ok"}\n{"a": "caf\xe9"}\n', 2, 22),
+    (".json", b'[{"a": "ok"},\n {"a": "na\xefve"}]', 2, 24),
+    (".csv", b'a,b\nx,y\n"multi\nline",caf\xe9\n', 4, 24),
+    (".jsonl", b"\xef\xbb\xbf" + b'{"a": 1}\n' * 3 + b"\xff\xfe", 4, 30),  # a UTF-8 BOM, then stray bytes
+]
+
+
+@pytest.mark.parametrize(("suffix", "raw", "line", "offset"), NOT_UTF8)
+def test_a_file_that_is_not_utf8_names_file_line_and_byte_offset(tmp_path, suffix, raw, line, offset):
+    path = tmp_path / f"latin1{suffix}"
+    path.write_bytes(raw)
+    assert raw[offset] >= 0x80 and raw[:offset].count(b"\n") + 1 == line  # the table itself is right
+    with pytest.raises(DataError) as err:
+        list(rows_or_errors(path))  # a whole-file problem: even skip_bad cannot read past an unknown encoding
+    assert str(err.value).startswith(f"{path}:{line}: not UTF-8 text (byte offset {offset}: 0x{raw[offset]:02x}")
+    assert "iconv" in str(err.value)
+
+
+def test_a_binary_file_is_named_and_a_gzip_one_is_recognised(tmp_path):
+    import gzip
+
+    packed = tmp_path / "pairs.jsonl"
+    packed.write_bytes(gzip.compress(b'{"a": 1}\n'))
+    with pytest.raises(DataError, match=rf"^{packed}:1: not UTF-8 text \(byte offset 1: 0x8b.*gunzip"):
+        list(read_rows(packed))
+    noise = tmp_path / "noise.csv"
+    noise.write_bytes(b"a,b\n" * 300_000 + bytes(range(128, 256)))  # 1.2 MB: the offset search reads in chunks
+    with pytest.raises(DataError, match=rf"^{noise}:300001: not UTF-8 text \(byte offset 1200000: 0x80818283"):
+        list(read_rows(noise))
+
+
+def test_the_first_bad_byte_is_found_across_chunk_boundaries(tmp_path):
+    """A two-byte character cut by the chunk boundary is not an error; the real bad byte comes later."""
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(b"a" * 7 + "é".encode() + b"\nbb\x80")  # é spans bytes 7 and 8; chunk size 8 cuts it
+    assert rows._first_bad_byte(path, chunk=8) == (12, 2, b"\x80")
+    assert rows._first_bad_byte(path, chunk=3) == (12, 2, b"\x80")
+    path.write_bytes(b"fine \xc3\xa9")
+    assert rows._first_bad_byte(path, chunk=6) == (7, 1, b"")  # no bad byte: the end of the file

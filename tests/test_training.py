@@ -64,26 +64,62 @@ def test_training_overfits_sixteen_pairs_and_moves_every_weight(pairs_file, tmp_
     assert (run / "config.yaml").exists() and (run / "eval.json").exists()
 
 
+def test_without_validation_pairs_the_stand_in_rows_and_statistics_are_named_training(pairs_file, tmp_path):
+    """data.val_fraction=0: the 'val' rows and the normalisation statistics come from training pairs; metrics.jsonl,
+    rmkit.json, eval.json and `rmkit eval`'s check say so instead of passing them off as held out."""
+    from rmkit.evaluation import evaluate_files
+    from rmkit.model import read_card
+
+    run = train(config(pairs_file, tmp_path / "run", "train.max_steps=2", "train.eval_every=1"))
+    val_rows = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["split"] == "val"]
+    assert len(val_rows) == 2 and all(r["heldout"] is False for r in val_rows)
+    assert read_card(run / "model").reward_stats_from == "training"
+    assert json.loads((run / "eval.json").read_text())["validation_pairs"] == "training (data.val_fraction=0)"
+    report = evaluate_files(run / "model", [pairs_file])
+    assert report["training"]["val_heldout"] is False
+    assert [f["kind"] for f in report["flags"]] == ["no_heldout"]
+    assert "measured on training pairs (data.val_fraction=0)" in report["flags"][0]["message"]
+
+
 _CHILD = textwrap.dedent("""
     import os, signal, sys
+    import safetensors.torch
     from rmkit import checkpoint
     from rmkit.config import load_config
     from rmkit.training import train
     kill_at, where = int(sys.argv[1]), sys.argv[2]
+    target = f".tmp-step-{kill_at}"
+    def die():
+        os.kill(os.getpid(), signal.SIGKILL)
+    def save_file(tensors, filename, metadata=None):  # checkpoint's safetensors writer, cut in the middle
+        if where != "inside_write" or target not in str(filename) or not str(filename).endswith("state.safetensors"):
+            return safetensors.torch.save_file(tensors, filename, metadata)
+        data = safetensors.torch.save(tensors, metadata)
+        with open(filename, "wb") as f:
+            f.write(data[: len(data) // 2])
+            f.flush()
+            die()  # killed inside the write: half the weights on disk, state.json never written
+    replace = os.replace
+    def replace_then_die(src, dst):
+        replace(src, dst)
+        if where == "inside_commit" and str(dst).endswith(f"step-{kill_at}"):
+            die()  # the folder is renamed into place, but `latest` still names the previous checkpoint
     commit, save = checkpoint.commit_checkpoint, checkpoint.save_checkpoint
     def commit_then_die(root, step, keep=1):
         out = commit(root, step, keep)
         if where == "after_commit" and step == kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)
+            die()
         return out
-    def die_mid_save(root, step, *a, **k):
+    def save_then_die(root, step, *a, **k):
         out = save(root, step, *a, **k)
-        if where == "mid_save" and step == kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)  # the temp folder is written, never renamed into place
+        if where == "before_commit" and step == kill_at:
+            die()  # the temp folder is complete, never renamed into place
         return out
-    checkpoint.commit_checkpoint, checkpoint.save_checkpoint = commit_then_die, die_mid_save
+    checkpoint.commit_checkpoint, checkpoint.save_checkpoint = commit_then_die, save_then_die
+    checkpoint.save_file, checkpoint.os.replace = save_file, replace_then_die
     train(load_config(None, sys.argv[3:]))
 """)
+KILL_OVERRIDES = ["model.finetune=lora", "train.max_steps=8", "train.save_every=2", "optim.lr=1e-2", "train.num_threads=1"]
 
 
 @pytest.fixture()
@@ -93,33 +129,48 @@ def restore_threads():
     torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("where", ["after_commit", "mid_save"])
-def test_run_killed_with_sigkill_resumes_to_the_same_weights(pairs_file, tmp_path, where, restore_threads):
-    """LoRA (its dropout draws random numbers, so the RNG state must come back too), killed at step 4 of 8.
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory) -> Path:
+    """The uninterrupted 8-step LoRA run every killed-and-resumed run must reproduce bit for bit."""
+    threads = torch.get_num_threads()
+    tmp = tmp_path_factory.mktemp("straight")
+    pairs_file = tmp / "pairs.jsonl"
+    pairs_file.write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
+    run = train(config(pairs_file, tmp / "run", *KILL_OVERRIDES))
+    torch.set_num_threads(threads)
+    return run
+
+
+@pytest.mark.parametrize(("where", "resume_at"), [("after_commit", "step-4"), ("before_commit", "step-2"),
+                                                  ("inside_write", "step-2"), ("inside_commit", "step-2")])
+def test_run_killed_with_sigkill_resumes_to_the_same_weights(pairs_file, tmp_path, where, resume_at, straight_run,
+                                                             restore_threads):
+    """LoRA (its dropout draws random numbers, so the RNG state must come back too), killed at step 4 of 8: after the
+    checkpoint is committed, after it is written but before the commit, inside the write of its weights file (half
+    of it on disk), and inside the commit (folder renamed, `latest` not yet moved).
 
     One torch thread in every run (straight, killed child, resumed): bit equality is the claim, and intra-op
     parallel reductions may sum in another order from one process to the next.
     """
-    overrides = ["model.finetune=lora", "train.max_steps=8", "train.save_every=2", "optim.lr=1e-2",
-                 "train.num_threads=1"]
-    reference = train(config(pairs_file, tmp_path / "straight", *overrides))
-
     out = tmp_path / "killed"
-    args = [f"{k}" for k in config_overrides(pairs_file, out, *overrides)]
+    args = config_overrides(pairs_file, out, *KILL_OVERRIDES)
     killed = subprocess.run([sys.executable, "-c", _CHILD, "4", where, *args], capture_output=True, text=True)
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert not (out / "model").exists()
-    expected_resume = "step-4" if where == "after_commit" else "step-2"
-    assert (out / "checkpoints" / "latest").read_text() == expected_resume
+    assert (out / "checkpoints" / "latest").read_text() == resume_at
+    if where == "inside_write":
+        tmp = out / "checkpoints" / ".tmp-step-4"
+        assert (tmp / "state.safetensors").exists() and not (tmp / "state.json").exists()
 
-    resumed = train(config(pairs_file, out, *overrides))
-    ref, res = weights(reference), weights(resumed)
+    resumed = train(config(pairs_file, out, *KILL_OVERRIDES))
+    ref, res = weights(straight_run), weights(resumed)
     assert ref.keys() == res.keys()
     for name in ref:
         assert torch.equal(ref[name], res[name]), f"{name} differs after resume"
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in rows if r["split"] == "train"]
     assert steps == sorted(steps) and len(steps) == len(set(steps)) == 8  # no duplicated or lost log lines
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["index.json", "latest", "step-8"]
 
 
 def config_overrides(pairs_file: Path, out: Path, *extra: str) -> list[str]:
@@ -210,3 +261,82 @@ def test_source_weights_set_each_files_share_of_an_epoch(tmp_path):
     assert shares("data.balance_sources=false") == {"big": 40, "small": 10}
     with pytest.raises(ValueError, match="2 files"):
         shares("data.source_weights=[1]")
+
+
+def test_a_full_disk_fails_with_a_clear_message_and_leaves_the_last_good_checkpoint(pairs_file, tmp_path,
+                                                                                      monkeypatch):
+    import errno
+
+    from rmkit import checkpoint
+
+    real_save = checkpoint.save_file
+
+    def full_disk(tensors, filename, metadata=None):
+        if ".tmp-step-4" in str(filename):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(tensors, filename, metadata)
+
+    monkeypatch.setattr(checkpoint, "save_file", full_disk)
+    out = tmp_path / "run"
+    cfg = config(pairs_file, out, "train.max_steps=6", "train.save_every=2")
+    with pytest.raises(checkpoint.CheckpointError) as err:
+        train(cfg)
+    ckpts = out / "checkpoints"
+    assert str(err.value) == (f"cannot write checkpoint step-4 in {ckpts}: No space left on device [ENOSPC]. The last "
+                              f"good checkpoint, {ckpts / 'step-2'}, is untouched; free disk space or make the "
+                              "directory writable, then run the same command again to resume from it.")
+    assert sorted(p.name for p in ckpts.iterdir()) == ["index.json", "latest", "step-2"]  # the half write is gone
+    monkeypatch.setattr(checkpoint, "save_file", real_save)  # space freed: the same command resumes and finishes
+    train(cfg)
+    assert checkpoint.checkpoint_index(ckpts)[-1]["step"] == 6 and (out / "model").exists()
+
+
+def test_an_unwritable_output_directory_fails_before_training_with_a_clear_message(pairs_file, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(TrainingError, match=rf"^cannot write to train.out_dir {blocker}/run: .*writable directory"):
+        train(config(pairs_file, blocker / "run", "train.max_steps=1"))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories; the ENOSPC test covers it")
+def test_a_read_only_checkpoint_directory_fails_with_a_clear_message(pairs_file, tmp_path):
+    from rmkit.checkpoint import CheckpointError
+
+    out = tmp_path / "run"
+    train(config(pairs_file, out, "train.max_steps=2", "train.save_every=2"))
+    (out / "checkpoints").chmod(0o500)
+    try:
+        with pytest.raises(CheckpointError, match=r"Permission denied \[EACCES\].*step-2, is untouched"):
+            train(config(pairs_file, out, "train.max_steps=4", "train.save_every=2"))
+    finally:
+        (out / "checkpoints").chmod(0o700)
+
+
+def test_keep_checkpoints_keeps_the_last_n_with_step_and_validation_and_a_user_can_go_back(pairs_file, tmp_path):
+    from rmkit.checkpoint import checkpoint_index
+
+    out = tmp_path / "run"
+    overrides = ["data.val_fraction=0.25", "train.max_steps=6", "train.save_every=2", "train.eval_every=2",
+                 "train.keep_checkpoints=2", "optim.lr=1e-2", "optim.schedule=constant"]
+    train(config(pairs_file, out, *overrides))
+    ckpts = out / "checkpoints"
+    assert sorted(p.name for p in ckpts.glob("step-*")) == ["step-4", "step-6"]
+    val_rows = {r["step"]: r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+                if r["split"] == "val"}
+    index = checkpoint_index(ckpts)
+    assert [e["checkpoint"] for e in index] == ["step-4", "step-6"] and [e["step"] for e in index] == [4, 6]
+    assert all(r["heldout"] is True for r in val_rows.values())  # data.val_fraction > 0: truly held out
+    for entry in index:
+        row = val_rows[entry["step"]]
+        assert entry["val"] == {"step": entry["step"], "accuracy": row["accuracy"], "loss": row["loss"]}
+
+    # go back to step 4 as README says: point `latest` at it and stop there
+    at_four = load_file(ckpts / "step-4" / "state.safetensors")
+    (ckpts / "latest").write_text("step-4")
+    train(config(pairs_file, out, *overrides[:1], *overrides[2:], "train.max_steps=4"))
+    model = weights(out)
+    for name, value in at_four.items():
+        if name.startswith("model."):
+            saved = model[name.removeprefix("model.hf.")]
+            assert torch.equal(saved, value), f"{name} is not the step-4 weight"
+    assert max(r["step"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())) == 4

@@ -31,6 +31,7 @@ class _Job:
     items: Sequence[Any]
     tokens: int
     future: asyncio.Future = field(repr=False)
+    queued: bool = True  # counted in the batcher's depth; False once taken into a batch or abandoned
 
 
 class MicroBatcher:
@@ -77,7 +78,8 @@ class MicroBatcher:
     def put(self, items: Sequence[Any], tokens: int) -> asyncio.Future:
         """Queue one request's items (holding `tokens` tokens) now; the future resolves to their results, in order.
 
-        Cancel the future (as asyncio.wait_for does at a deadline) and the batch loop skips the job if it has not run.
+        Cancel the future (as asyncio.wait_for does at a deadline) and its items leave the queue depth at once; the
+        batch loop skips the job if it has not run.
         """
         if self._task is None or self._closing:
             raise RuntimeError("the batcher is not running (server starting up or shutting down)")
@@ -87,8 +89,10 @@ class MicroBatcher:
             return future
         if self.depth + len(items) > self.max_queue:
             raise QueueFull(self.depth, retry_after=1.0)
-        self._jobs.append(_Job(items, tokens, future))
+        job = _Job(items, tokens, future)
+        self._jobs.append(job)
         self.depth += len(items)
+        future.add_done_callback(lambda _: self._dequeue(job))  # a deadline frees the slot before the worker is back
         self._wake.set()
         return future
 
@@ -96,18 +100,23 @@ class MicroBatcher:
         """put() and wait for the results."""
         return await self.put(items, tokens)
 
+    def _dequeue(self, job: _Job) -> None:
+        if job.queued:
+            job.queued = False
+            self.depth -= len(job.items)
+
     def _take(self, batch: list[_Job], n_items: int, n_tokens: int) -> tuple[int, int]:
         """Move queued jobs into batch while the budget allows; the first job always fits."""
         while self._jobs:
             job = self._jobs[0]
             if job.future.done():  # the caller gave up (deadline) before its turn
                 self._jobs.popleft()
-                self.depth -= len(job.items)
+                self._dequeue(job)
                 continue
             if batch and (n_items + len(job.items) > self.max_batch or n_tokens + job.tokens > self.max_tokens):
                 break
             self._jobs.popleft()
-            self.depth -= len(job.items)
+            self._dequeue(job)
             batch.append(job)
             n_items, n_tokens = n_items + len(job.items), n_tokens + job.tokens
         return n_items, n_tokens

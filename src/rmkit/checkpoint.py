@@ -1,8 +1,14 @@
 """Resumable training checkpoints, written atomically with safetensors + JSON (no pickle): trainable weights,
-optimiser and scheduler state, every RNG, and the step (which fixes the data position). Knows nothing of data."""
+optimiser and scheduler state, every RNG, and the step (which fixes the data position). Knows nothing of data.
+
+Layout: checkpoints/{step-N/, latest (the name of the newest complete one), index.json (each kept checkpoint with its
+step and last validation), .tmp-step-N/ (being written; never read)}. A write that fails (full disk, no permission)
+raises CheckpointError and leaves the previous checkpoints as they were.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -15,6 +21,21 @@ import torch
 from safetensors.torch import load_file, save_file
 
 LATEST = "latest"
+INDEX = "index.json"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written (for example a full disk); the last good checkpoint is untouched."""
+
+
+def _write_failed(root: Path, step: int, exc: OSError) -> CheckpointError:
+    """Remove the half-written temp folder (it holds disk space) and say what failed and what is left."""
+    shutil.rmtree(root / f".tmp-step-{step}", ignore_errors=True)
+    reason = f"{exc.strerror} [{errno.errorcode.get(exc.errno, exc.errno)}]" if exc.strerror else str(exc)
+    last = latest_checkpoint(root)
+    return CheckpointError(f"cannot write checkpoint step-{step} in {root}: {reason}. The last good checkpoint, "
+                           f"{last or 'none yet'}, is untouched; free disk space or make the directory writable, "
+                           "then run the same command again to resume from it.")
 
 
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -72,8 +93,17 @@ def save_checkpoint(root: Path, step: int, model: torch.nn.Module, optimizer: An
                     train_state: dict[str, Any], rank: int = 0, is_main: bool = True) -> Path | None:
     """Write checkpoints/step-N atomically: every rank writes its RNG file, the main rank the rest and the rename.
 
-    Call on every rank, then barrier, then `commit_checkpoint` on the main rank.
+    Call on every rank, then barrier, then `commit_checkpoint` on the main rank. Raises CheckpointError when the
+    files cannot be written.
     """
+    try:
+        return _write_checkpoint(root, step, model, optimizer, scheduler, train_state, rank, is_main)
+    except OSError as exc:
+        raise _write_failed(root, step, exc) from exc
+
+
+def _write_checkpoint(root: Path, step: int, model: torch.nn.Module, optimizer: Any, scheduler: Any,
+                      train_state: dict[str, Any], rank: int, is_main: bool) -> Path | None:
     tmp = root / f".tmp-step-{step}"
     tmp.mkdir(parents=True, exist_ok=True)
     rng_tensors, rng_meta = rng_state()
@@ -89,20 +119,52 @@ def save_checkpoint(root: Path, step: int, model: torch.nn.Module, optimizer: An
 
 
 def commit_checkpoint(root: Path, step: int, keep: int = 1) -> Path:
-    """Rename the finished temp folder into place, point `latest` at it, and drop older checkpoints."""
+    """Rename the finished temp folder into place, point `latest` at it, keep the `keep` newest checkpoints up to
+    this step (later ones belong to a run resumed from further back and are dropped), and rewrite index.json."""
+    try:
+        final = _commit(root, step)
+    except OSError as exc:
+        raise _write_failed(root, step, exc) from exc
+    steps = sorted(int(p.name.split("-")[1]) for p in root.glob("step-*"))
+    kept = [s for s in steps if s <= step][-keep:]
+    for old in set(steps) - set(kept):
+        shutil.rmtree(root / f"step-{old}", ignore_errors=True)
+    try:
+        _replace_text(root / INDEX, json.dumps([_summary(root / f"step-{s}") for s in kept], indent=1) + "\n")
+    except OSError as exc:  # the checkpoint itself is complete: only the index is stale
+        raise _write_failed(root, step, exc) from exc
+    return final
+
+
+def _commit(root: Path, step: int) -> Path:
     tmp, final = root / f".tmp-step-{step}", root / f"step-{step}"
     for f in tmp.iterdir():  # flush file contents before the rename makes them visible
         with open(f, "rb+") as handle:
             os.fsync(handle.fileno())
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    pointer = root / f".{LATEST}.tmp"
-    pointer.write_text(final.name)
-    os.replace(pointer, root / LATEST)
-    steps = sorted(int(p.name.split("-")[1]) for p in root.glob("step-*"))
-    for old in steps[:-keep]:
-        shutil.rmtree(root / f"step-{old}", ignore_errors=True)
+    _replace_text(root / LATEST, final.name)
     return final
+
+
+def _replace_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _summary(path: Path) -> dict[str, Any]:
+    """One index.json entry: the checkpoint, its step, and the last validation before it (None before the first)."""
+    meta = json.loads((path / "state.json").read_text())
+    val = meta["train"].get("last_val")
+    return {"checkpoint": path.name, "step": meta["step"],
+            "val": {k: val[k] for k in ("step", "accuracy", "loss") if k in val} if val else None}
+
+
+def checkpoint_index(root: Path) -> list[dict[str, Any]]:
+    """The kept checkpoints, oldest first: [{"checkpoint": "step-N", "step": N, "val": {step, accuracy, loss}}]."""
+    path = root / INDEX
+    return json.loads(path.read_text()) if path.exists() else []
 
 
 def latest_checkpoint(root: Path) -> Path | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +32,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if config and "=" in config and not Path(config).exists():
         config, overrides = None, [config, *overrides]
     run = train(load_config(config, overrides))
+    if int(os.environ.get("RANK", "0")) != 0:  # under accelerate launch / torchrun the main process reports
+        return 0
     report = json.loads((run / "eval.json").read_text())
     for split in ("val", "test"):
         if split in report:

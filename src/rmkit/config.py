@@ -176,6 +176,10 @@ class TrainingConfig(Strict):
     """Validate every N optimiser steps (and at the end)."""
     save_every: int = Field(50, ge=1)
     """Write a resumable checkpoint every N optimiser steps."""
+    keep_checkpoints: int = Field(1, ge=1)
+    """Keep the last N checkpoints (checkpoints/step-N); checkpoints/index.json lists each with its step and the
+    last validation accuracy and loss before it. To go back to one, write its name into checkpoints/latest and run
+    again (with train.max_steps=N to stop there); the checkpoints after it are then replaced."""
     early_stopping_patience: int | None = None
     """Stop after N validations without a better validation accuracy; the best model is the one saved."""
     log_every: int = Field(10, ge=1)

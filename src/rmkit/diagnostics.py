@@ -10,6 +10,7 @@ person can act on. Every threshold is a named constant below, and the tests pin 
 | `length`      | abs(Spearman(score, response length)) > 0.3                                | LENGTH_CORR_MAX        |
 | `length`      | abs(acc(chosen longer) − acc(chosen shorter)) > 0.15, ≥ 20 pairs a side    | LENGTH_SPLIT_GAP       |
 | `overfitting` | train accuracy − held-out accuracy > 0.1                                   | OVERFIT_GAP            |
+| `no_heldout`  | the run's validation rows were measured on training pairs (val_fraction=0) | (always)               |
 | `calibration` | ECE at the model's temperature > 0.1, on ≥ 50 pairs                        | ECE_MAX                |
 | `position`    | swap consistency < 0.95                                                    | SWAP_CONSISTENCY_MIN   |
 | `position`    | abs(acc(preferred A) − acc(preferred B)) > 0.1, ≥ 20 pairs a side          | POSITION_GAP           |
@@ -244,7 +245,18 @@ def train_val_gap(rows: Sequence[dict[str, Any]], window: int = TRAIN_WINDOW) ->
     train_acc = float(np.mean([r["accuracy"] for r in train[-window:]]))
     val_acc = float(val[-1]["accuracy"])
     return {"train_accuracy": train_acc, "val_accuracy": val_acc, "gap": train_acc - val_acc,
-            "train_step": int(train[-1]["step"]), "val_step": int(val[-1]["step"])}
+            "train_step": int(train[-1]["step"]), "val_step": int(val[-1]["step"]),
+            "val_heldout": bool(val[-1].get("heldout", True))}  # False: a run with data.val_fraction=0
+
+
+def training_flag(gap: dict[str, Any]) -> Flag | None:
+    """The overfitting flag from `train_val_gap`, or, when the run's "validation" rows were measured on training
+    pairs (data.val_fraction=0), a flag saying that the curves cannot show overfitting at all."""
+    if not gap.get("val_heldout", True):
+        return Flag("no_heldout", f"the run's validation rows (accuracy {_pct(gap['val_accuracy'])}) were measured on "
+                                  "training pairs (data.val_fraction=0), so they cannot show overfitting; hold out "
+                                  "validation pairs, or compare with --train-data on a held-out set.")
+    return overfitting_flag(gap["train_accuracy"], gap["val_accuracy"], heldout="validation")
 
 
 def length_difference_buckets(chosen_len, rejected_len) -> list[str]:

@@ -221,7 +221,7 @@ def evaluate_files(model_dir: str | Path, paths: Sequence[str | Path], report_di
     rows = training_log(model_dir)
     report["training"] = diagnostics.train_val_gap(rows) if rows else None
     gap = report["training"]
-    flag = gap and diagnostics.overfitting_flag(gap["train_accuracy"], gap["val_accuracy"], heldout="validation")
+    flag = gap and diagnostics.training_flag(gap)
     report["flags"] = [asdict(flag)] if flag else []
     if report_dir is not None:
         write_report(report_dir, report, arrays, rows)

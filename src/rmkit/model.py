@@ -55,6 +55,9 @@ class ModelCard(BaseModel):
     """Mean reward over the validation split (chosen and rejected together)."""
     reward_std: float = 1.0
     """Unbiased std of those rewards."""
+    reward_stats_from: Literal["validation", "training"] = "validation"
+    """Pairs the mean and std were measured on: 'training' (up to 256 of them) when the run held out no validation
+    pairs (data.val_fraction=0)."""
     temperature: float = 1.0
     """Calibration temperature T of P(A preferred) = σ((r_A − r_B) / T)."""
 

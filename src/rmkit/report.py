@@ -280,7 +280,8 @@ def write_report(out_dir: str | Path, report: dict[str, Any], arrays: dict[str, 
     body += ["<h2>Model</h2>", _flags(report.get("flags", []))]
     gap = report.get("training")
     if gap:
-        body.append(_table(["train accuracy (last rows)", "validation accuracy", "gap", "steps"],
+        val = "validation accuracy" if gap.get("val_heldout", True) else "“validation” accuracy (training pairs)"
+        body.append(_table(["train accuracy (last rows)", val, "gap", "steps"],
                            [[_fmt(gap["train_accuracy"]), _fmt(gap["val_accuracy"]), _fmt(gap["gap"], "+.3f"),
                              f"{gap['train_step']} / {gap['val_step']}"]]))
     if "train_data" in report:

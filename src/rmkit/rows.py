@@ -8,12 +8,14 @@ Each row comes with its origin, "path:line" (1-based line for JSONL/CSV, 1-based
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import math
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -75,8 +77,40 @@ def _objects(name: str, numbered: Iterable[tuple[int, Any]]) -> Iterator[tuple[s
         yield f"{name}:{i}", row if ok else DataError(f"{name}:{i}: row is {short_repr(row)}, not a JSON object.")
 
 
+def _first_bad_byte(path: Path, chunk: int = 1 << 20) -> tuple[int, int, bytes]:
+    """(byte offset, 1-based line, up to 4 bytes) of the first byte of `path` that is not UTF-8."""
+    decoder, offset, newlines = codecs.getincrementaldecoder("utf-8")(), 0, 0
+    with path.open("rb") as f:
+        while True:
+            data = f.read(chunk)
+            pending = decoder.getstate()[0]  # bytes of a character cut by the previous chunk
+            try:
+                decoder.decode(data, final=not data)
+            except UnicodeDecodeError as e:  # e.start counts from the pending bytes, then this chunk
+                joined = pending + data
+                line = newlines + joined.count(b"\n", 0, e.start) + 1
+                return offset - len(pending) + e.start, line, joined[e.start : e.start + 4]
+            if not data:
+                return offset, newlines + 1, b""
+            offset, newlines = offset + len(data), newlines + data.count(b"\n")
+
+
+@contextmanager
+def _utf8(path: Path) -> Iterator[None]:
+    """Turn a UnicodeDecodeError in the block into a DataError naming the file, line and byte offset."""
+    try:
+        yield
+    except UnicodeDecodeError:
+        offset, line, bad = _first_bad_byte(path)
+        with path.open("rb") as f:
+            gzipped = f.read(2) == b"\x1f\x8b"
+        hint = ("it is gzip-compressed: decompress it (gunzip)" if gzipped else
+                "save it as UTF-8 (for example `iconv -f latin1 -t utf-8`), or check that it is not a binary file")
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte offset {offset}: 0x{bad.hex()}); {hint}.") from None
+
+
 def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict | DataError]]:
-    with path.open(encoding="utf-8-sig") as f:
+    with _utf8(path), path.open(encoding="utf-8-sig") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -91,7 +125,8 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict | DataError]]:
 
 def _json_rows(path: Path) -> Iterator[tuple[str, dict | DataError]]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
+        with _utf8(path):
+            data = json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: invalid JSON ({e}). Fix it, or use .jsonl for one row per line.") from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):
@@ -115,7 +150,7 @@ def _csv_cell(cell: str) -> Any:
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[str, dict | DataError]]:
-    with path.open(encoding="utf-8-sig", newline="") as f:
+    with _utf8(path), path.open(encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f)
         header = next(reader, [])
         while True:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -145,6 +146,11 @@ class TrainData:
     def stats_set(self) -> list[EncodedPair]:
         return self.val or self.train[:256]  # OpenRLHF also falls back to training data for the statistics
 
+    @property
+    def heldout(self) -> bool:
+        """False when stats_set is training pairs (data.val_fraction=0): the 'val' rows and statistics say so."""
+        return bool(self.val)
+
 
 @dataclass
 class Trainer:
@@ -170,8 +176,7 @@ def train(cfg: TrainConfig) -> Path:
     accelerator = make_accelerator(tc)
     set_seed(tc.seed)
     if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(dump_config(cfg))
+        write_config(cfg, out)
     model, tokenizer, card = load_for_training(cfg.model, cfg.data.max_length)
     data = load_data(cfg.data, tc, tokenizer, card)
     plan = StepPlan([p.length for p in data.train], tc.batch_size * accelerator.num_processes,
@@ -204,21 +209,36 @@ def train(cfg: TrainConfig) -> Path:
             log_window(metrics_log, bar, window, state.step, plan.steps_per_epoch, grad_norm, t)
             window = Window()
         if state.step % tc.eval_every == 0 or last:
-            stopped_early = run_validation(t, data.stats_set, state, metrics_log, tc.early_stopping_patience)
+            stopped_early = run_validation(t, data, state, metrics_log, tc.early_stopping_patience)
         if state.step % tc.save_every == 0 or last or stopped_early:
-            save_checkpoint(t, state)
+            save_checkpoint(t, state, tc.keep_checkpoints)
     bar.close()
 
     if not tc.early_stopping_patience:
-        save_best(t, state.last_val or validate(t.raw_model, tokenizer, card, data.stats_set))
+        save_best(t, state.last_val or validate(t.raw_model, tokenizer, card, data.stats_set), data.heldout)
     final_report(t, data, state, stopped_early)
     return out
 
 
+def write_config(cfg: TrainConfig, out: Path) -> None:
+    """out/config.yaml; an output directory that cannot be written stops the run here, before any training."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(dump_config(cfg))
+    except OSError as exc:
+        raise TrainingError(f"cannot write to train.out_dir {out}: {exc.strerror or exc}; choose a writable "
+                            "directory with free space") from exc
+
+
 def make_accelerator(tc: TrainingConfig) -> Accelerator:
-    """The Accelerator for tc.precision; also sets torch's thread count when asked."""
+    """The Accelerator for tc.precision; also sets torch's thread count when asked. fp16 on a CPU is refused:
+    accelerate applies no fp16 autocast there and would run fp32, silently."""
     # cpu=True lets a plain `torchrun` on a CPU machine form a gloo process group (accelerate needs the hint)
     on_cpu = not (torch.cuda.is_available() or torch.backends.mps.is_available())
+    if tc.precision == "fp16" and on_cpu:
+        raise TrainingError("train.precision=fp16 needs a GPU (on a CPU accelerate applies no fp16 autocast); "
+                            "use bf16 or fp32")
+    AcceleratorState._reset_state()  # a second train() in one process may use another precision; keeps the process group
     accelerator = Accelerator(mixed_precision=mixed_precision(tc.precision), cpu=on_cpu)
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
@@ -238,6 +258,10 @@ def load_data(cfg: DataConfig, tc: TrainingConfig, tokenizer: Any, card: ModelCa
         raise TrainingError("no training pairs left after splitting and truncation")
     if not val_set and tc.early_stopping_patience:
         raise TrainingError("train.early_stopping_patience needs validation pairs: set data.val_fraction > 0")
+    if not val_set:
+        log.warning("no validation pairs (data.val_fraction=0): the 'val' rows of metrics.jsonl and the normalisation "
+                    "statistics come from %d training pairs, and are marked so (heldout: false, "
+                    "reward_stats_from: training)", min(len(train_set), 256))
     return TrainData(train_set, val_set, splits, {"train": dropped, "val": val_dropped})
 
 
@@ -294,36 +318,38 @@ def log_window(metrics_log: MetricsLog, bar: Any, w: Window, step: int, steps_pe
     bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['accuracy']:.2f}")
 
 
-def run_validation(t: Trainer, pairs: list[EncodedPair], state: TrainState, metrics_log: MetricsLog,
+def run_validation(t: Trainer, data: TrainData, state: TrainState, metrics_log: MetricsLog,
                    patience: int) -> bool:
     """Validate, log, keep the best model; True when early stopping says stop."""
-    stats = validate(t.raw_model, t.tokenizer, t.card, pairs)
-    metrics_log.write(step=state.step, split="val", **stats)
+    stats = validate(t.raw_model, t.tokenizer, t.card, data.stats_set)
+    metrics_log.write(step=state.step, split="val", heldout=data.heldout, **stats)
     if stats["accuracy"] > state.best_accuracy:
         state.best_accuracy, state.bad_evals, state.best_step = stats["accuracy"], 0, state.step
         if patience:
-            save_best(t, stats)
+            save_best(t, stats, data.heldout)
     else:
         state.bad_evals += 1
-    state.last_val = stats
+    state.last_val = {**stats, "step": state.step}  # with its step: checkpoints/index.json lists it
     return bool(patience and state.bad_evals >= patience)
 
 
-def save_best(t: Trainer, stats: dict[str, float]) -> None:
+def save_best(t: Trainer, stats: dict[str, float], heldout: bool) -> None:
     """Save model/ with the validation reward mean/std as its normalisation statistics (main process only)."""
     if t.accelerator.is_main_process:
-        stored = {"reward_mean": stats["reward_mean"], "reward_std": stats["reward_std"]}
+        stored = {"reward_mean": stats["reward_mean"], "reward_std": stats["reward_std"],
+                  "reward_stats_from": "validation" if heldout else "training"}
         save_model(t.raw_model, t.tokenizer, t.card.model_copy(update=stored), t.out / "model")
 
 
-def save_checkpoint(t: Trainer, state: TrainState) -> None:
-    """checkpoints/step-N on every rank, committed atomically by the main rank between barriers."""
+def save_checkpoint(t: Trainer, state: TrainState, keep: int) -> None:
+    """checkpoints/step-N on every rank, committed atomically by the main rank between barriers; the last `keep`
+    are kept."""
     acc = t.accelerator
     checkpoint.save_checkpoint(t.ckpt_root, state.step, t.raw_model, t.optimizer, t.scheduler, state.saved(),
                                acc.process_index, acc.is_main_process)
     acc.wait_for_everyone()
     if acc.is_main_process:
-        checkpoint.commit_checkpoint(t.ckpt_root, state.step)
+        checkpoint.commit_checkpoint(t.ckpt_root, state.step, keep)
     acc.wait_for_everyone()
 
 
@@ -332,6 +358,7 @@ def final_report(t: Trainer, data: TrainData, state: TrainState, stopped_early: 
     t.accelerator.wait_for_everyone()
     if t.accelerator.is_main_process:
         report: dict[str, Any] = {"stopped_early": stopped_early, "best_step": state.best_step,
+                                  "validation_pairs": "held out" if data.heldout else "training (data.val_fraction=0)",
                                   "dropped_identical_after_truncation": data.dropped}
         scorer = Scorer.load(t.out / "model", device=str(t.accelerator.device))
         if data.splits["val"]:
