@@ -1,4 +1,4 @@
-"""rmkit.grpo: the config tree, the policy folder, TRL's GRPOTrainer end to end, and the RL guide's commands."""
+"""rmkit.grpo: the config tree, the tiny test policy, TRL's GRPOTrainer end to end, and the RL guide's commands."""
 
 from __future__ import annotations
 
@@ -17,9 +17,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from rmkit.backbones import resolve
 from rmkit.cli import main
 from rmkit.config import ConfigError
-from rmkit.grpo import GrpoConfig, MetricsJsonl, format_summary, load_grpo_config, policy_folder, run_grpo, trl_args
+from rmkit.grpo import GrpoConfig, MetricsJsonl, format_summary, load_grpo_config, run_grpo, trl_args
 from test_rl import served  # noqa: F401  (fixture: the real `rmkit serve` app on loopback)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +45,7 @@ def test_the_shipped_configs_validate():
     for name in ("grpo-tiny.yaml", "grpo-smollm2.yaml"):
         cfg = load_grpo_config(ROOT / "configs" / name)
         assert isinstance(cfg, GrpoConfig)
-    assert load_grpo_config(ROOT / "configs" / "grpo-tiny.yaml").policy.path == "tiny-llama"
+    assert load_grpo_config(ROOT / "configs" / "grpo-tiny.yaml").policy.path == "tiny-llama-lm"
 
 
 def test_every_config_problem_is_reported_at_once_with_its_dotted_path():
@@ -72,11 +73,11 @@ def test_trl_passthrough_may_not_repeat_our_fields_or_invent_arguments(tmp_path)
     assert args.loss_type == "grpo" and args.per_device_train_batch_size == 8
 
 
-def test_a_sequence_classifier_becomes_a_causal_lm_policy_folder_once(tmp_path):
-    folder = Path(policy_folder("tiny-llama", tmp_path, seed=0))
-    assert folder == tmp_path / "policy-init"
-    assert json.loads((folder / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
-    assert policy_folder(str(folder), tmp_path / "other", seed=0) == str(folder)  # a causal LM passes through
+def test_the_tiny_test_policy_is_a_causal_lm_beside_the_tiny_reward_backbone():
+    """TRL builds the class named in config.json, so the policy folder must say LlamaForCausalLM as it is."""
+    policy, backbone = (json.loads((Path(resolve(name)) / "config.json").read_text())["architectures"]
+                        for name in ("tiny-llama-lm", "tiny-llama"))
+    assert policy == ["LlamaForCausalLM"] and backbone == ["LlamaForSequenceClassification"]
 
 
 def test_too_few_prompts_for_one_generation_batch_is_an_error(prompts_file, tmp_path):
@@ -109,7 +110,7 @@ def test_a_tiny_grpo_run_trains_the_policy_and_logs_reward_statistics(prompts_fi
         assert r["rmkit/reward_min"] <= r["rmkit/reward_mean"] <= r["rmkit/reward_max"]
         assert r["rmkit/reward_mean"] == pytest.approx(r["rewards/rmkit/mean"], abs=1e-5)  # our stats, TRL's mean
         assert 1 <= r["rmkit/completion_length"] <= 8
-    before = load_file(out / "policy-init" / "model.safetensors")
+    before = load_file(Path(resolve("tiny-llama-lm")) / "model.safetensors")
     after = load_file(out / "policy" / "model.safetensors")
     changed = [name for name in before if not torch.equal(before[name], after[name])]
     assert "lm_head.weight" in changed and len(changed) > len(before) // 2

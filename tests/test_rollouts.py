@@ -31,7 +31,7 @@ def prompts_file(tmp_path_factory):
 @pytest.fixture(scope="module")
 def rollouts(prompts_file, llama_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("rollouts") / "rollouts.jsonl"
-    n = collect(prompts_file, "tiny-llama", llama_dir, out, n=3, max_new_tokens=6, seed=7, device="cpu")
+    n = collect(prompts_file, "tiny-llama-lm", llama_dir, out, n=3, max_new_tokens=6, seed=7, device="cpu")
     return out, n
 
 
@@ -84,7 +84,7 @@ def test_collect_writes_nemo_gym_rows_with_the_reward_fields(rollouts, llama_dir
 def test_the_same_seed_samples_the_same_completions(rollouts, prompts_file, llama_dir, tmp_path):
     path, _ = rollouts
     again = tmp_path / "again.jsonl"
-    collect(prompts_file, "tiny-llama", llama_dir, again, n=3, max_new_tokens=6, seed=7, limit=1, device="cpu")
+    collect(prompts_file, "tiny-llama-lm", llama_dir, again, n=3, max_new_tokens=6, seed=7, limit=1, device="cpu")
     assert [response_text(r) for r in read_jsonl(again)] == [response_text(r) for r in read_jsonl(path)[:3]]
     assert len({response_text(r) for r in read_jsonl(path)[:3]}) > 1  # sampled, not greedy
 

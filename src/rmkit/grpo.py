@@ -16,6 +16,7 @@ import yaml
 from pydantic import Field, field_serializer
 from transformers import TrainerCallback
 
+from rmkit.backbones import resolve
 from rmkit.config import ConfigError, LoraConfig, Strict, load_tree
 from rmkit.rows import MetricsLog
 from rmkit.shaping import ShapingConfig
@@ -29,7 +30,7 @@ SUMMARY_KEYS = ("reward_mean", "reward_std", "reward_min", "reward_max", "comple
 class PolicyConfig(Strict):
     path: str = "smollm2-135m"
     """The policy: a causal-LM folder, hub id or backbone alias ('smollm2-135m' from the offline package; the random
-    'tiny-llama' for smoke tests, which gets a fresh LM head)."""
+    'tiny-llama-lm' for smoke tests)."""
     finetune: Literal["full", "lora"] = "full"
     """Train every weight, or a LoRA adapter (the reference model is then the adapter switched off)."""
     lora: LoraConfig = LoraConfig()
@@ -120,36 +121,6 @@ class MetricsJsonl(TrainerCallback):
             self.log.write(**{"step": state.global_step, **logs})
 
 
-def policy_folder(path: str, work_dir: Path, seed: int) -> str:
-    """The policy as a folder TRL can load as a causal LM.
-
-    A sequence-classification folder (the 'tiny-llama' test backbone, or a reward model's own backbone) is copied
-    once into work_dir/policy-init as a causal LM with a fresh, seeded LM head: TRL would otherwise rebuild the
-    classifier from config.json for the policy and for the reference model.
-    """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from rmkit.backbones import resolve
-
-    folder = resolve(path)
-    config = Path(folder) / "config.json"
-    architectures = json.loads(config.read_text()).get("architectures") or [] if config.exists() else []
-    if not any(a.endswith("ForSequenceClassification") for a in architectures):
-        return folder
-    target = work_dir / "policy-init"
-    if (target / "config.json").exists():
-        return str(target)
-    log.warning("%s is a sequence classifier (%s); training a causal-LM copy with a fresh LM head, %s: fine for "
-                "smoke tests, meaningless for real runs", path, architectures[0], target)
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    model.config.architectures = [type(model).__name__]
-    model.save_pretrained(target)
-    AutoTokenizer.from_pretrained(folder).save_pretrained(target)
-    return str(target)
-
-
 def trl_args(tc: GrpoTrainConfig, out: Path) -> Any:
     """TRL GRPOConfig from our train section; train.trl adds anything else and may not repeat our fields."""
     import torch
@@ -211,7 +182,7 @@ def run_grpo(cfg: GrpoConfig) -> Path:
                          "add prompts (data.paths, data.max_prompts) or lower train.batch_size / train.grad_accum")
     log.info("GRPO: %d prompts, G=%d, %d completions per step, %d steps, reward from %s", len(dataset),
              tc.num_generations, args.generation_batch_size, tc.max_steps, cfg.reward.source)
-    trainer = GRPOTrainer(model=policy_folder(cfg.policy.path, out, tc.seed), reward_funcs=reward, args=args,
+    trainer = GRPOTrainer(model=resolve(cfg.policy.path), reward_funcs=reward, args=args,
                           train_dataset=dataset, callbacks=[MetricsJsonl(out / "metrics.jsonl")],
                           peft_config=peft_config)
     trainer.train()

@@ -76,11 +76,7 @@ class Completion:
 
 
 def load_policy(path: str, device: str = "auto") -> tuple[Any, Any]:
-    """(causal LM in eval mode, tokenizer padding on the left) from a folder, hub id or backbone alias.
-
-    A sequence-classification folder (such as the 'tiny-llama' test backbone) loads with a fresh LM head, drawn from
-    torch's RNG: seed before calling for a reproducible random policy.
-    """
+    """(causal LM in eval mode, tokenizer padding on the left) from a folder, hub id or backbone alias."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -166,12 +162,9 @@ def collect(prompts: str | Path | Sequence[str | Path], policy: str, reward: Any
         device: where the policy and local reward models run.
         **shaping: `ShapingConfig` fields; `reward` is the shaped reward, `raw_reward` the model's score.
     """
-    import torch
-
     if n < 1:
         raise ValueError(f"n={n}: ask for at least one completion per prompt")
     tasks = read_prompts(prompts, limit)
-    torch.manual_seed(seed)  # a fresh LM head (test backbones) is drawn from here
     model, tokenizer = load_policy(policy, device)
     sampling = {"temperature": temperature, "top_p": top_p, "max_output_tokens": max_new_tokens}
     rows, completions = [], []
