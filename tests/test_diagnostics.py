@@ -1,6 +1,7 @@
 """Hand-worked checks of rmkit.diagnostics (each rule on both sides of its threshold) and of the diagnostics that
 rmkit.evaluation.summarize adds: length, calibration before/after, position, ratings correlations and flags."""
 
+import json
 import math
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 from rmkit import diagnostics, metrics
 from rmkit.data import PreferencePair, RatedResponse
 from rmkit.diagnostics import (
+    Flag,
     calibration_flag,
     chance_flag,
     length_baseline_flag,
@@ -18,6 +20,7 @@ from rmkit.diagnostics import (
     overfitting_flag,
     position_flags,
     rating_flag,
+    score_distribution_flags,
     swap_flag,
     train_val_gap,
     training_flag,
@@ -124,6 +127,36 @@ def test_length_difference_buckets_match_hand_worked_ratios():
     (100, 90) 0.1 (≤ 0.1); (30, 20) 1/3; (40, 10) 0.75; (0, 0) 0."""
     got = length_difference_buckets([10, 8, 5, 100, 100, 30, 40, 0], [40, 10, 10, 95, 90, 20, 10, 0])
     assert got == ["much shorter", "shorter", "shorter", "similar", "similar", "longer", "much longer", "similar"]
+
+
+def test_score_distribution_flags_are_empty_for_a_healthy_distribution():
+    assert score_distribution_flags(np.linspace(-3, 3, 50)) == []
+
+
+def test_score_distribution_flags_report_a_collapsed_model():
+    """[0.50, 0.51, 0.52]: deviations ±0.01, 0 → std √(0.0002/3) = 0.008165 < 0.05 → one "collapsed" flag."""
+    flags = score_distribution_flags([0.50, 0.51, 0.52])
+    assert len(flags) == 1 and str(flags[0]).startswith("collapsed: reward std 0.00816 < 0.05")
+
+
+def test_score_distribution_flags_report_the_share_of_extreme_rewards():
+    """3 of 100 rewards at ±25 > 20 → "extreme: 3% of rewards have |r| > 20"."""
+    scores = np.r_[np.linspace(-2, 2, 97), [25.0, -25.0, 30.0]]
+    flags = score_distribution_flags(scores)
+    assert len(flags) == 1 and str(flags[0]).startswith("extreme: 3% of rewards have |r| > 20")
+
+
+def test_score_distribution_flags_report_non_finite_rewards():
+    """One nan among [nan, 0, 1, 2]: flag it, and judge the rest (std 0.816, no |r| > 20) on the finite values."""
+    flags = score_distribution_flags([math.nan, 0.0, 1.0, 2.0])
+    assert len(flags) == 1 and str(flags[0]).startswith("non-finite: 1 of 4 rewards")
+
+
+def test_a_flag_reads_back_from_its_json_and_prints_as_kind_colon_message():
+    flag = Flag("collapsed", "reward std 0.001 < 0.05")
+    assert flag.to_json() == {"kind": "collapsed", "message": "reward std 0.001 < 0.05"}
+    assert Flag.from_json(json.loads(json.dumps(flag.to_json()))) == flag
+    assert str(flag) == "collapsed: reward std 0.001 < 0.05"
 
 
 # --- summarize: the diagnostics a report carries -------------------------------------------------------------------

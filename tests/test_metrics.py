@@ -23,7 +23,6 @@ from rmkit.metrics import (
     pairwise_accuracy,
     pearson,
     reliability_bins,
-    score_distribution_flags,
     score_stats,
     spearman,
     swap_consistency,
@@ -368,32 +367,6 @@ def test_swap_consistency_is_one_for_a_pointwise_reward_model():
     """Δ_ba = −Δ_ab with no zeros → every item flips → 1."""
     delta = np.array([0.3, -2.0, 5.0])
     assert swap_consistency(delta, -delta) == 1.0
-
-
-# --- score distribution flags -------------------------------------------------------------------------------------
-
-
-def test_score_distribution_flags_are_empty_for_a_healthy_distribution():
-    assert score_distribution_flags(np.linspace(-3, 3, 50)) == []
-
-
-def test_score_distribution_flags_report_a_collapsed_model():
-    """[0.50, 0.51, 0.52]: deviations ±0.01, 0 → std √(0.0002/3) = 0.008165 < 0.05 → one "collapsed" flag."""
-    flags = score_distribution_flags([0.50, 0.51, 0.52])
-    assert len(flags) == 1 and flags[0].startswith("collapsed: reward std 0.00816 < 0.05")
-
-
-def test_score_distribution_flags_report_the_share_of_extreme_rewards():
-    """3 of 100 rewards at ±25 > 20 → "extreme: 3% of rewards have |r| > 20"."""
-    scores = np.r_[np.linspace(-2, 2, 97), [25.0, -25.0, 30.0]]
-    flags = score_distribution_flags(scores)
-    assert len(flags) == 1 and flags[0].startswith("extreme: 3% of rewards have |r| > 20")
-
-
-def test_score_distribution_flags_report_non_finite_rewards():
-    """One nan among [nan, 0, 1, 2]: flag it, and judge the rest (std 0.816, no |r| > 20) on the finite values."""
-    flags = score_distribution_flags([math.nan, 0.0, 1.0, 2.0])
-    assert len(flags) == 1 and flags[0].startswith("non-finite: 1 of 4 rewards")
 
 
 def test_metrics_imports_neither_torch_nor_scipy():

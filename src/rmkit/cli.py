@@ -44,6 +44,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 @verb
 def cmd_eval(args: argparse.Namespace) -> int:
+    from rmkit.diagnostics import Flag
     from rmkit.evaluation import compare_models, evaluate_files, format_comparison, format_summary, write_json
 
     if args.compare:  # rmkit eval --compare MODEL_A MODEL_B DATA [DATA ...]
@@ -59,11 +60,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         report = evaluate_files(args.model_dir, args.data, report_dir=args.report, train_data=args.train_data,
                                 format=args.format)
         for flag in report["flags"]:
-            print(f"  ! {flag['kind']}: {flag['message']}")
+            print(f"  ! {Flag.from_json(flag)}")
         for name, result in report["datasets"].items():
             print(format_summary(name, result))
             for flag in result["flags"]:
-                print(f"  ! {flag['kind']}: {flag['message']}")
+                print(f"  ! {Flag.from_json(flag)}")
         if args.report:
             print(f"report: {Path(args.report) / 'report.html'}")
     if args.out:

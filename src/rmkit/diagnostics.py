@@ -16,9 +16,14 @@ person can act on. Every threshold is a named constant below, and the tests pin 
 | `position`    | abs(acc(preferred A) − acc(preferred B)) > 0.1, ≥ 20 pairs a side          | POSITION_GAP           |
 | `position`    | the labels pick A in < 40% or > 60% of the A/B rows (≥ 20 rows)            | LABEL_POSITION_SKEW    |
 | `ratings`     | Spearman(score, human rating) < 0.2                                        | RATING_CORR_MIN        |
-| `collapsed`.. | metrics.score_distribution_flags: std < 0.05, abs(r) > 20, NaN             | metrics.COLLAPSE_STD.. |
+| `non-finite`  | some rewards are NaN or inf                                                | (always)               |
+| `collapsed`   | std of the finite rewards < 0.05                                           | COLLAPSE_STD           |
+| `extreme`     | some abs(r) > 20                                                           | EXTREME_ABS            |
 
-Knows the summary dicts of `rmkit.evaluation` and the rows of a run's metrics.jsonl; knows nothing of models or files.
+A flag is a `Flag` (kind, message); `Flag.to_json` / `Flag.from_json` are its one JSON form, {"kind", "message"}, as
+eval.json stores it under "flags".
+
+Knows the summary dicts of `rmkit.evaluation`, reward arrays and the rows of a run's metrics.jsonl; knows nothing of models or files.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -54,17 +59,38 @@ LABEL_POSITION_SKEW = 0.1
 """Largest |share of labels picking A − 0.5| before the labels themselves look position-biased."""
 RATING_CORR_MIN = 0.2
 """Smallest Spearman correlation with human ratings before the scores are called unrelated to them."""
+COLLAPSE_STD = 0.05
+"""Reward std below which the scores are flagged as collapsed (every response gets nearly the same score)."""
+EXTREME_ABS = 20.0
+"""|reward| above which a score is flagged as extreme: σ(Δ) saturates there, so the BT loss gives almost no gradient."""
 
 LENGTH_BUCKETS = ("much shorter", "shorter", "similar", "longer", "much longer")
 """`length_difference_buckets` labels, in plotting order: the chosen response relative to the rejected one."""
+
+
+FlagKind = Literal["chance", "length", "overfitting", "no_heldout", "calibration", "position", "ratings", "non-finite",
+                   "collapsed", "extreme"]
+"""What a flag is about; the table in the module docstring says when each fires."""
 
 
 @dataclass(frozen=True)
 class Flag:
     """One warning: `kind` groups it (length, overfitting, ...); `message` says what was seen and what to do."""
 
-    kind: str
+    kind: FlagKind
     message: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.message}"
+
+    def to_json(self) -> dict[str, str]:
+        """The flag as eval.json stores it: {"kind": ..., "message": ...}."""
+        return {"kind": self.kind, "message": self.message}
+
+    @classmethod
+    def from_json(cls, obj: dict[str, str]) -> Flag:
+        """A flag read back from eval.json (`to_json`'s inverse)."""
+        return cls(obj["kind"], obj["message"])
 
 
 def _pct(x: float) -> str:
@@ -196,14 +222,37 @@ def rating_flag(rho: float, minimum: float = RATING_CORR_MIN) -> Flag | None:
     return None
 
 
-def parse_flags(texts: Sequence[str]) -> list[Flag]:
-    """`metrics.score_distribution_flags` strings as Flags: "collapsed: std …" → Flag("collapsed", "std …")."""
-    return [Flag(*text.split(": ", 1)) for text in texts]
+def score_distribution_flags(scores, collapse_std: float = COLLAPSE_STD, extreme_abs: float = EXTREME_ABS
+                             ) -> list[Flag]:
+    """Flags about a reward distribution; an empty list means nothing looks wrong.
+
+    Flags "non-finite" (NaN or inf scores), "collapsed" (std of the finite scores < `collapse_std`) and "extreme"
+    (some |r| > `extreme_abs`). A large mean is not flagged: BT rewards are only defined up to a shift.
+
+    Example: scores = [0.50, 0.51, 0.52] → std 0.00816 → [Flag("collapsed", "reward std 0.00816 < 0.05 — ...")].
+    """
+    scores = np.asarray(scores, dtype=float)  # (N,)
+    flags = []
+    finite = np.isfinite(scores)
+    if not finite.all():
+        flags.append(Flag("non-finite", f"{int((~finite).sum())} of {scores.size} rewards are NaN or inf — the model "
+                                        "or its inputs are broken; check the training loss and the readout."))
+    x = scores[finite]
+    if x.size and x.std() < collapse_std:
+        flags.append(Flag("collapsed", f"reward std {x.std():.3g} < {collapse_std:g} — the model gives every response "
+                                       "nearly the same score."))
+    frac = float(np.mean(np.abs(x) > extreme_abs)) if x.size else 0.0
+    if frac > 0:
+        flags.append(Flag("extreme", f"{100 * frac:.3g}% of rewards have |r| > {extreme_abs:g} — such rewards saturate "
+                                     "σ(Δ), so those pairs give almost no training signal; consider centring rewards "
+                                     "or a reward penalty."))
+    return flags
 
 
 def pair_flags(summary: dict[str, Any], train_accuracy: float | None = None) -> list[Flag]:
-    """Every flag for one preference data set, from its `evaluation.summarize` dict (keys read: accuracy,
-    accuracy_ci95, length_baseline_accuracy, by_length, length_score_spearman, calibration, position, score_flags).
+    """The flags of one preference data set read from its `evaluation.summarize` dict (keys read: accuracy,
+    accuracy_ci95, length_baseline_accuracy, by_length, length_score_spearman, calibration, position); the score
+    distribution's own flags come from `score_distribution_flags`.
 
     The length baseline used is the better of "pick the longer" and "pick the shorter" response.
     """
@@ -220,13 +269,13 @@ def pair_flags(summary: dict[str, Any], train_accuracy: float | None = None) -> 
     ]
     if "position" in summary:
         flags += position_flags(summary["position"])
-    return [f for f in flags if f] + parse_flags(summary["score_flags"])
+    return [f for f in flags if f]
 
 
 def ratings_flags(summary: dict[str, Any]) -> list[Flag]:
-    """Every flag for one ratings data set, from its `evaluation.summarize_ratings` dict."""
+    """The flags of one ratings data set read from its `evaluation.summarize_ratings` dict."""
     flags = [rating_flag(summary["spearman"]), length_correlation_flag(summary["length_score_spearman"])]
-    return [f for f in flags if f] + parse_flags(summary["score_flags"])
+    return [f for f in flags if f]
 
 
 def train_val_gap(rows: Sequence[dict[str, Any]], window: int = TRAIN_WINDOW) -> dict[str, float] | None:

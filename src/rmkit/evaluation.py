@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import numpy as np
 
 from rmkit import diagnostics, metrics
 from rmkit.data import read_pairs, read_ratings, read_rows
+from rmkit.diagnostics import Flag
 from rmkit.protocols import text_chars
 from rmkit.report import write_report
 from rmkit.rows import write_json as write_json  # re-exported: callers import it from here
@@ -83,12 +83,12 @@ def summarize(chosen: np.ndarray, rejected: np.ndarray, pairs: Sequence[Any], te
         "length_score_spearman": metrics.length_score_correlation(scores, np.concatenate([chosen_len, rejected_len])),
         "calibration": calibration,
         "subsets": metrics.accuracy_by_bucket(delta, [p.subset or "all" for p in pairs]),
-        "score_flags": metrics.score_distribution_flags(scores),
     }
     position = position_summary(delta, [getattr(p, "chosen_position", None) for p in pairs])
     if position is not None:
         summary["position"] = position
-    summary["flags"] = [asdict(f) for f in diagnostics.pair_flags(summary, train_accuracy)]
+    flags = [*diagnostics.pair_flags(summary, train_accuracy), *diagnostics.score_distribution_flags(scores)]
+    summary["flags"] = [f.to_json() for f in flags]
     return summary
 
 
@@ -110,9 +110,9 @@ def summarize_ratings(scores: np.ndarray, rated: Sequence[Any]) -> dict[str, Any
     summary = {"kind": "ratings", "n_responses": len(scores), "spearman": metrics.spearman(scores, ratings),
                "pearson": metrics.pearson(scores, ratings), "scores": metrics.score_stats(scores),
                "ratings": metrics.score_stats(ratings),
-               "length_score_spearman": metrics.length_score_correlation(scores, lengths), "subsets": subsets,
-               "score_flags": metrics.score_distribution_flags(scores)}
-    summary["flags"] = [asdict(f) for f in diagnostics.ratings_flags(summary)]
+               "length_score_spearman": metrics.length_score_correlation(scores, lengths), "subsets": subsets}
+    flags = [*diagnostics.ratings_flags(summary), *diagnostics.score_distribution_flags(scores)]
+    summary["flags"] = [f.to_json() for f in flags]
     return summary
 
 
@@ -139,8 +139,8 @@ def format_summary(name: str, report: dict[str, Any]) -> str:
         line = (f"{name}: accuracy {report['accuracy']:.3f} (95% CI {low:.3f}–{high:.3f}, n={report['n_pairs']}) | "
                 f"length-only baseline {report['length_baseline_accuracy']:.3f} | "
                 f"mean margin {report['margin']['mean']:.3f}")
-    flags = report.get("flags", [])
-    return line + (f" | {len(flags)} flag(s): {', '.join(sorted({f['kind'] for f in flags}))}" if flags else "")
+    flags = [Flag.from_json(f) for f in report.get("flags", [])]
+    return line + (f" | {len(flags)} flag(s): {', '.join(sorted({f.kind for f in flags}))}" if flags else "")
 
 
 def dataset_names(paths: Sequence[str | Path]) -> list[str]:
@@ -222,7 +222,7 @@ def evaluate_files(model_dir: str | Path, paths: Sequence[str | Path], report_di
     report["training"] = diagnostics.train_val_gap(rows) if rows else None
     gap = report["training"]
     flag = gap and diagnostics.training_flag(gap)
-    report["flags"] = [asdict(flag)] if flag else []
+    report["flags"] = [flag.to_json()] if flag else []
     if report_dir is not None:
         write_report(report_dir, report, arrays, rows)
     return report

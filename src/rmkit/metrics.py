@@ -1,4 +1,4 @@
-"""Reward-model metrics: accuracy, calibration, correlations, paired tests and score-distribution flags on arrays.
+"""Reward-model metrics: accuracy, calibration, correlations and paired tests on arrays.
 
 Pure: numpy arrays in, floats, dicts and lists out. Knows nothing about models, tokenizers, configs or files.
 Throughout, `chosen` and `rejected` are 1-D reward arrays for the same pairs and Δ = chosen − rejected; a pair counts
@@ -15,10 +15,6 @@ import numpy as np
 
 Z_95 = 1.959964
 """Standard-normal 97.5% quantile: the z of a two-sided 95% interval."""
-COLLAPSE_STD = 0.05
-"""Reward std below which the scores are flagged as collapsed (every response gets nearly the same score)."""
-EXTREME_ABS = 20.0
-"""|reward| above which a score is flagged as extreme: σ(Δ) saturates there, so the BT loss gives almost no gradient."""
 T_BOUNDS = (0.05, 20.0)
 """Search range of `fit_temperature`."""
 EXACT_MCNEMAR_BELOW = 25
@@ -371,28 +367,3 @@ def swap_consistency(delta_ab, delta_ba) -> float:
     """
     ab, ba = _pair(delta_ab, delta_ba, "delta_ab", "delta_ba")
     return float(np.mean((np.sign(ab) == -np.sign(ba)) & (ab != 0)))
-
-
-def score_distribution_flags(scores, collapse_std: float = COLLAPSE_STD, extreme_abs: float = EXTREME_ABS) -> list[str]:
-    """Plain-language warnings about a reward distribution; an empty list means nothing looks wrong.
-
-    Flags "non-finite" (NaN or inf scores), "collapsed" (std of the finite scores < `collapse_std`) and "extreme"
-    (some |r| > `extreme_abs`). A large mean is not flagged: BT rewards are only defined up to a shift.
-
-    Example: scores = [0.50, 0.51, 0.52] → std 0.00816 → ["collapsed: reward std 0.00816 < 0.05 — ..."].
-    """
-    scores = _vector(scores, "scores")
-    flags = []
-    finite = np.isfinite(scores)
-    if not finite.all():
-        flags.append(f"non-finite: {int((~finite).sum())} of {scores.size} rewards are NaN or inf — the model or its "
-                     "inputs are broken; check the training loss and the readout.")
-    x = scores[finite]
-    if x.size and x.std() < collapse_std:
-        flags.append(f"collapsed: reward std {x.std():.3g} < {collapse_std:g} — the model gives every response nearly "
-                     "the same score.")
-    frac = float(np.mean(np.abs(x) > extreme_abs)) if x.size else 0.0
-    if frac > 0:
-        flags.append(f"extreme: {100 * frac:.3g}% of rewards have |r| > {extreme_abs:g} — such rewards saturate σ(Δ), "
-                     "so those pairs give almost no training signal; consider centring rewards or a reward penalty.")
-    return flags

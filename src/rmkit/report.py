@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from rmkit.diagnostics import LENGTH_BUCKETS
+from rmkit.diagnostics import LENGTH_BUCKETS, Flag
 from rmkit.rows import write_json
 
 CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
@@ -164,7 +164,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def _flags(flags: Sequence[dict[str, str]]) -> str:
     if not flags:
         return '<p class="ok">No flags.</p>'
-    items = "".join(f"<li><b>{html.escape(f['kind'])}</b>: {html.escape(f['message'])}</li>" for f in flags)
+    items = "".join(f"<li><b>{html.escape(f.kind)}</b>: {html.escape(f.message)}</li>" for f in map(Flag.from_json, flags))
     return f'<ul class="flags">{items}</ul>'
 
 
