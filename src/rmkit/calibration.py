@@ -17,7 +17,7 @@ import numpy as np
 
 from rmkit import metrics
 from rmkit.data import read_pairs
-from rmkit.model import CARD_FILE, ModelCard, write_card
+from rmkit.model import CARD_FILE, ModelCard, read_card, write_card
 from rmkit.scoring import Scorer
 
 log = logging.getLogger(__name__)
@@ -31,10 +31,8 @@ def write_temperature(model_dir: str | Path, temperature: float) -> ModelCard:
     are kept as they are. Returns the updated card."""
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}.")
-    path = Path(model_dir) / CARD_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{model_dir} has no {CARD_FILE}: it is not an rmkit model directory")
-    raw = json.loads(path.read_text())
+    read_card(model_dir)  # the checks of loading: an rmkit model directory, in a format this rmkit reads
+    raw = json.loads((Path(model_dir) / CARD_FILE).read_text())
     raw["temperature"] = float(temperature)
     card = ModelCard.model_validate(raw)  # refuse to write a card that would no longer load
     write_card(model_dir, raw)

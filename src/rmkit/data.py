@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from rmkit.protocols import Role
+from rmkit.protocols import Role, to_messages
 from rmkit.rows import DataError, rows_or_errors, short_repr
 from rmkit.rows import read_rows as read_rows  # re-exported: callers import it from here
 from rmkit.rowshapes import Keys, graded_parts, helpsteer3_parts, is_graded, is_helpsteer3
@@ -121,12 +121,13 @@ def _norm(text: Text) -> Any:
 
 
 def _as_messages(prompt: Text, *answers: Text) -> tuple[Text, ...]:
-    """If any part is a message list, make all lists: a str prompt → one user message, a str answer → assistant."""
+    """If any part is a message list, make all lists, as `render` would read the text parts (`to_messages`): a str
+    prompt → its user turn (an HH transcript: its turns), a str answer → an assistant message; lists stay as given."""
     parts = (prompt, *answers)
     if all(isinstance(t, str) for t in parts):
         return parts
     roles = ("user", *["assistant"] * len(answers))
-    return tuple([{"role": r, "content": t}] if isinstance(t, str) else t for r, t in zip(roles, parts, strict=True))
+    return tuple(to_messages(t, role=r) if isinstance(t, str) else t for r, t in zip(roles, parts, strict=True))
 
 
 def _split_conversations(chosen: list[Message], rejected: list[Message], names: tuple[str, str]) -> tuple[Text, ...]:

@@ -7,34 +7,16 @@ format in training and another in production. Knows tokenizers and tensors, noth
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 
+from rmkit.protocols import to_messages as to_messages  # re-exported: callers import it from here
+
 Template = Literal["chat", "plain"]
-_HH_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
 _PLAIN_ROLES = {"system": "System", "developer": "System", "user": "User", "assistant": "Assistant", "tool": "Tool"}
-
-
-def to_messages(text: str | Sequence[dict[str, Any]], role: str = "user") -> list[dict[str, str]]:
-    """A prompt or response as chat messages. HH transcripts are split into turns; other text is one message.
-
-    >>> to_messages("\\n\\nHuman: Hi\\n\\nAssistant: Hello\\n\\nHuman: Why?\\n\\nAssistant:")
-    [{'role': 'user', 'content': 'Hi'}, {'role': 'assistant', 'content': 'Hello'}, {'role': 'user', 'content': 'Why?'}]
-    """
-    if not isinstance(text, str):
-        return [{"role": m["role"], "content": m["content"]} for m in text]
-    if not text.startswith("\n\nHuman:"):
-        return [{"role": role, "content": text.strip()}] if text.strip() else []
-    parts = _HH_TURN.split(text)[1:]  # [speaker, content, speaker, content, ...]
-    turns = [
-        {"role": "user" if who == "Human" else "assistant", "content": content.strip()}
-        for who, content in zip(parts[::2], parts[1::2], strict=False)
-    ]
-    return [t for t in turns if t["content"]]  # the trailing "\n\nAssistant:" marker has no content
 
 
 def render(prompt: str | Sequence[dict], response: str | Sequence[dict], tokenizer: Any, template: Template) -> str:

@@ -1,7 +1,8 @@
 """Wire formats of every HTTP protocol the reward server speaks (docs/protocols.md): rmkit's own /score, OpenRLHF
 /get_reward, NeMo Gym /verify and companions, vLLM /pooling, /classify and /v1/models, SGLang /classify (`text`), and
 LLaMA-Factory /v1/score/evaluation: their pydantic schemas plus the pure helpers that read and answer them (NeMo Gym
-item parsing, aggregation, text length, usage, sigmoid, engine inputs). Knows nothing of models, queues or FastAPI.
+item parsing, text or HH transcript to chat messages, aggregation, text length, usage, sigmoid, engine inputs). Knows
+nothing of models, queues or FastAPI.
 
 Extra-field policy per protocol: our /score forbids unknown keys (a typo is an error); NeMo Gym allows them (every
 field must be echoed back unchanged); the others ignore them, as their own servers do, so that a newer client version
@@ -11,6 +12,8 @@ still works. Every list and text has a hard ceiling here (MAX_ITEMS, MAX_CHARS),
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -244,6 +247,7 @@ class ScoreEvaluationRequest(Ignore):
 
 
 _TEXT_PARTS = {"input_text", "output_text", "text", "refusal"}
+_HH_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
 
 
 def content_text(content: Any, origin: str) -> str:
@@ -256,6 +260,24 @@ def content_text(content: Any, origin: str) -> str:
     parts = [p.get("text") if p.get("type") != "refusal" else p.get("refusal") for p in content
              if isinstance(p, dict) and p.get("type", "text") in _TEXT_PARTS]
     return "".join(str(p) for p in parts if p)
+
+
+def to_messages(text: str | Sequence[dict[str, Any]], role: str = "user") -> list[dict[str, str]]:
+    """A prompt or response as chat messages. HH transcripts are split into turns; other text is one message.
+
+    >>> to_messages("\\n\\nHuman: Hi\\n\\nAssistant: Hello\\n\\nHuman: Why?\\n\\nAssistant:")
+    [{'role': 'user', 'content': 'Hi'}, {'role': 'assistant', 'content': 'Hello'}, {'role': 'user', 'content': 'Why?'}]
+    """
+    if not isinstance(text, str):
+        return [{"role": m["role"], "content": m["content"]} for m in text]
+    if not text.startswith("\n\nHuman:"):
+        return [{"role": role, "content": text.strip()}] if text.strip() else []
+    parts = _HH_TURN.split(text)[1:]  # [speaker, content, speaker, content, ...]
+    turns = [
+        {"role": "user" if who == "Human" else "assistant", "content": content.strip()}
+        for who, content in zip(parts[::2], parts[1::2], strict=False)
+    ]
+    return [t for t in turns if t["content"]]  # the trailing "\n\nAssistant:" marker has no content
 
 
 def text_chars(x: Any) -> int:
