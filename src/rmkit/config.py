@@ -325,6 +325,10 @@ class ServeConfig(Strict):
     """With shaping.normalize='running': a JSON file holding the running statistics, restored at start-up when it
     exists (it wins over shaping.reward_mean/reward_std) and rewritten atomically after every scored request, so a
     restarted server keeps its normalisation."""
+    playground: bool = True
+    """Serve the browser playground at GET / and /playground (the page loads without the token; it asks for it)."""
+    playground_examples: list[str] | None = None
+    """Pair files for the playground's "Load an example"; unset: the model's run's held-out test split, else data/."""
 
     @model_validator(mode="after")
     def _queue_holds_a_request(self) -> ServeConfig:

@@ -109,15 +109,16 @@ async def send_json(send: Callable, status: int, detail: str, headers: Sequence[
 
 
 class Gateway:
-    """ASGI middleware: 401 without the bearer token (GET /health exempt), 413 past max_body_bytes (Content-Length
+    """ASGI middleware: 401 without the bearer token (GET /health and GET on `public_paths` exempt), 413 past max_body_bytes (Content-Length
     or streamed), then the app; afterwards one log line (method, path, status, items, ms) and the request metrics.
 
     The body is read here in full (it is parsed as JSON anyway) and replayed to the app, so a chunked upload cannot
     slip past the limit.
     """
 
-    def __init__(self, app: Any, token: str | None, max_body_bytes: int, metrics: Metrics):
+    def __init__(self, app: Any, token: str | None, max_body_bytes: int, metrics: Metrics, public_paths: Sequence[str] = ()):
         self.app, self.max_body_bytes, self.metrics = app, max_body_bytes, metrics
+        self.public = frozenset({"/health", *public_paths})  # GET only: pages that hold no data
         self.expected = f"Bearer {token}".encode() if token else None
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
@@ -141,7 +142,7 @@ class Gateway:
 
     async def _guarded(self, scope: dict, receive: Callable, send: Callable) -> None:
         headers = dict(scope.get("headers") or [])
-        public = scope.get("method") == "GET" and scope.get("path") == "/health"
+        public = scope.get("method") == "GET" and scope.get("path") in self.public
         if self.expected and not public and not hmac.compare_digest(headers.get(b"authorization", b""), self.expected):
             return await send_json(send, 401, "missing or wrong bearer token (send 'Authorization: Bearer <token>')",
                                    [(b"www-authenticate", b"Bearer")])

@@ -23,6 +23,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from rmkit import playground
 from rmkit.batcher import MicroBatcher, QueueFull
 from rmkit.config import ServeConfig as ServeConfig  # re-exported: callers import it from here
 from rmkit.config import load_serve_config as load_serve_config
@@ -38,7 +39,8 @@ log = logging.getLogger(__name__)
 def create_app(load_backend: Callable[[], RewardBackend], cfg: ServeConfig) -> FastAPI:
     """The HTTP app. `load_backend` runs once at start-up and returns an ensemble.RewardPath (tests may pass a fake
     with the same shape, service.RewardBackend)."""
-    metrics = Metrics(frozenset(route.path for router in ROUTERS for route in router.routes))
+    routers = [*ROUTERS, playground.router(cfg.model_dirs, cfg.playground_examples)] if cfg.playground else ROUTERS
+    metrics = Metrics(frozenset(route.path for router in routers for route in router.routes))
     limits = Limits(cfg.max_items, cfg.max_text_chars, cfg.request_timeout_s)
 
     @asynccontextmanager
@@ -52,7 +54,8 @@ def create_app(load_backend: Callable[[], RewardBackend], cfg: ServeConfig) -> F
             backend.running = load_moments(cfg.stats_path, backend.running)
         app.state.service = RewardService(backend, batcher, limits, stats_path=cfg.stats_path)
         batcher.start()
-        log.info("serving %s on %s:%s", backend.name, cfg.host, cfg.port)
+        log.info("serving %s on %s:%s%s", backend.name, cfg.host, cfg.port,
+                 f"; playground at http://{cfg.host}:{cfg.port}/" if cfg.playground else "")
         yield
         await batcher.stop()  # uvicorn has already let in-flight requests finish
         if cfg.stats_path is not None:
@@ -60,9 +63,10 @@ def create_app(load_backend: Callable[[], RewardBackend], cfg: ServeConfig) -> F
 
     app = FastAPI(title="rmkit reward server", lifespan=lifespan)
     app.state.metrics = metrics
-    app.add_middleware(Gateway, token=cfg.token, max_body_bytes=cfg.max_body_bytes, metrics=metrics)
+    app.add_middleware(Gateway, token=cfg.token, max_body_bytes=cfg.max_body_bytes, metrics=metrics,
+                       public_paths=playground.PAGE_PATHS if cfg.playground else ())
     add_error_handlers(app)
-    for router in ROUTERS:
+    for router in routers:
         app.include_router(router)
     return app
 
