@@ -114,6 +114,16 @@ _BUILT: dict[str, Callable[[Path], None]] = {
     "tiny-llama-lm": _build_tiny("llama-lm"),
 }
 ALIASES = ("minilm", *_BUILT)
+HUB_IDS = {"minilm": "sentence-transformers/all-MiniLM-L6-v2", "smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+"""The hub model each packaged backbone is a copy of (model cards name it as base_model)."""
+
+
+def hub_id(path: str) -> str | None:
+    """The hub id a backbone name stands for: an alias's source model, a hub id as it is; None for the random test
+    models and local folders. hub_id("minilm") → "sentence-transformers/all-MiniLM-L6-v2"."""
+    if path in HUB_IDS:
+        return HUB_IDS[path]
+    return None if path in ALIASES or Path(path).exists() else path
 
 
 def _built(name: str) -> Path:

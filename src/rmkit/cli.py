@@ -46,6 +46,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from rmkit.diagnostics import Flag
     from rmkit.evaluation import compare_models, evaluate_files, format_comparison, format_summary, write_json
+    from rmkit.modelcard import append_evaluation
 
     if args.compare:  # rmkit eval --compare MODEL_A MODEL_B DATA [DATA ...]
         if len(args.data) < 2:
@@ -67,6 +68,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 print(f"  ! {Flag.from_json(flag)}")
         if args.report:
             print(f"report: {Path(args.report) / 'report.html'}")
+            print(f"model card: {append_evaluation(args.model_dir, report)}")
     if args.out:
         write_json(report, args.out)
         print(f"wrote {args.out}")
@@ -211,7 +213,8 @@ def _data_verbs(sub: Any) -> None:
     s.add_argument("model_dir")
     s.add_argument("data", nargs="+", help="preference or scalar-ratings files (any supported format)")
     s.add_argument("--out", help="write the report as JSON here")
-    s.add_argument("--report", metavar="OUT_DIR", help="write report.html (self-contained), report.json and PNG plots")
+    s.add_argument("--report", metavar="OUT_DIR", help="write report.html (self-contained), report.json and PNG plots, "
+                   "and put the results into the model card (MODEL_DIR/README.md)")
     s.add_argument("--compare", action="store_true",
                    help="rmkit eval --compare MODEL_A MODEL_B DATA...: accuracy difference, bootstrap CI, McNemar")
     s.add_argument("--train-data", help="training pairs: their accuracy vs each data set's flags overfitting")

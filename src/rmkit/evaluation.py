@@ -46,6 +46,24 @@ def position_summary(delta: np.ndarray, positions: Sequence[str | None]) -> dict
             "swap_note": SWAP_NOTE}
 
 
+def source_summary(delta: np.ndarray, chosen_len: np.ndarray, rejected_len: np.ndarray, pairs: Sequence[Any]
+                   ) -> dict[str, dict[str, Any]] | None:
+    """Accuracy with its 95% interval and the length-only baseline per source file (from each pair's origin
+    "path:line"), named as `dataset_names` names files; None when the pairs come from fewer than two files."""
+    files = [str(getattr(p, "origin", "")).split(",")[0].rsplit(":", 1)[0] for p in pairs]  # ranked: "a:1,a:2"
+    unique = list(dict.fromkeys(files))
+    if len(unique) < 2:
+        return None
+    out = {}
+    for name, path in zip(dataset_names(unique), unique, strict=True):
+        m = np.array([f == path for f in files])
+        correct, n = int((delta[m] > 0).sum()), int(m.sum())
+        out[name] = {"path": path, "n_pairs": n, "accuracy": correct / n,
+                     "accuracy_ci95": list(metrics.wilson_interval(correct, n)),
+                     "length_baseline_accuracy": metrics.length_baseline_accuracy(chosen_len[m], rejected_len[m], "longer")}
+    return out
+
+
 def summarize(chosen: np.ndarray, rejected: np.ndarray, pairs: Sequence[Any], temperature: float = 1.0,
               train_accuracy: float | None = None) -> dict[str, Any]:
     """The report of one preference data set from its pairs' rewards (a pure function of arrays and pair metadata).
@@ -84,6 +102,9 @@ def summarize(chosen: np.ndarray, rejected: np.ndarray, pairs: Sequence[Any], te
         "calibration": calibration,
         "subsets": metrics.accuracy_by_bucket(delta, [p.subset or "all" for p in pairs]),
     }
+    sources = source_summary(delta, chosen_len, rejected_len, pairs)
+    if sources is not None:
+        summary["by_source"] = sources
     position = position_summary(delta, [getattr(p, "chosen_position", None) for p in pairs])
     if position is not None:
         summary["position"] = position

@@ -31,6 +31,7 @@ from rmkit.encoding import EncodedPair, Encoder, collate, encode_pairs, length_g
 from rmkit.evaluation import evaluate, format_summary
 from rmkit.loss import bradley_terry_loss, length_correlation_penalty
 from rmkit.model import ModelCard, RewardModel, load_for_training, mixed_precision, save_model
+from rmkit.modelcard import run_summary, write_model_card
 from rmkit.rows import MetricsLog, write_json
 from rmkit.scoring import Scorer
 from rmkit.splits import load_splits as load_splits  # re-exported: callers import it from here
@@ -172,7 +173,7 @@ class Trainer:
 
 def train(cfg: TrainConfig) -> Path:
     """Train a reward model as `cfg` says; returns the run directory (model/ inside is the trained model)."""
-    tc, out = cfg.train, Path(cfg.train.out_dir)
+    tc, out, run_started = cfg.train, Path(cfg.train.out_dir), time.perf_counter()
     accelerator = make_accelerator(tc)
     set_seed(tc.seed)
     if accelerator.is_main_process:
@@ -216,7 +217,7 @@ def train(cfg: TrainConfig) -> Path:
 
     if not tc.early_stopping_patience:
         save_best(t, state.last_val or validate(t.raw_model, tokenizer, card, data.stats_set), data.heldout)
-    final_report(t, data, state, stopped_early)
+    final_report(t, data, state, stopped_early, cfg, time.perf_counter() - run_started)
     return out
 
 
@@ -353,8 +354,10 @@ def save_checkpoint(t: Trainer, state: TrainState, keep: int) -> None:
     acc.wait_for_everyone()
 
 
-def final_report(t: Trainer, data: TrainData, state: TrainState, stopped_early: bool) -> None:
-    """eval.json: early stopping, dropped pairs, calibration (T into rmkit.json) and val/test reports."""
+def final_report(t: Trainer, data: TrainData, state: TrainState, stopped_early: bool, cfg: TrainConfig,
+                 seconds: float) -> None:
+    """eval.json: early stopping, dropped pairs, calibration (T into rmkit.json), val/test reports and the run's
+    facts; then the model card (model/README.md) from the same dict."""
     t.accelerator.wait_for_everyone()
     if t.accelerator.is_main_process:
         report: dict[str, Any] = {"stopped_early": stopped_early, "best_step": state.best_step,
@@ -367,5 +370,7 @@ def final_report(t: Trainer, data: TrainData, state: TrainState, stopped_early: 
             if data.splits[name]:
                 report[name] = evaluate(scorer, data.splits[name])
                 log.info(format_summary(name, report[name]))
+        report["run"] = run_summary(cfg, data.splits, seconds, state.step, t.accelerator.num_processes)
         write_json(report, t.out / "eval.json")
+        write_model_card(t.out / "model", cfg, report)
     t.accelerator.wait_for_everyone()
