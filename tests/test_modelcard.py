@@ -9,6 +9,7 @@ import re
 import pytest
 import yaml
 
+from conftest import make_model_dir
 from rmkit.cli import main
 from rmkit.config import load_config
 from rmkit.modelcard import EVAL_START, append_evaluation, data_licence, write_model_card
@@ -78,14 +79,17 @@ def test_train_writes_a_hub_layout_card_whose_numbers_are_eval_json(run):
     assert report["run"]["steps"] == 3 and "3 optimiser steps" in body
 
 
-def test_the_cards_plain_transformers_recipe_gives_rmkits_reward(run):
+@pytest.mark.parametrize("backbone, finetune", [("tiny-llama", "full"), ("tiny-llama", "lora"), ("tiny-bert", "full")])
+def test_the_cards_plain_transformers_recipe_gives_rmkits_reward(tmp_path, backbone, finetune):
+    """Chat template + last token, a PEFT adapter, and plain template + CLS: the card's snippet, pasted as it is."""
     from rmkit.scoring import Scorer
 
-    body = (run / "model" / "README.md").read_text()
-    code = re.findall(r"```python\n(.*?)```", body, re.S)[1].replace("MODEL_DIR", str(run / "model"))
+    model = make_model_dir(tmp_path, backbone, finetune=finetune)
+    body = write_model_card(model).read_text()
+    code = re.findall(r"```python\n(.*?)```", body, re.S)[1].replace("MODEL_DIR", str(model))
     scope = {}
-    exec(code, scope)  # the card's own snippet, as a reader would paste it
-    expected = Scorer.load(run / "model").score([scope["prompt"]], [scope["response"]])[0]
+    exec(code, scope)
+    expected = Scorer.load(model).score([scope["prompt"]], [scope["response"]])[0]
     assert scope["reward"] == pytest.approx(expected, abs=1e-4)
 
 

@@ -120,8 +120,9 @@ def router(model_dirs: Sequence[str], example_files: Sequence[str] | None = None
     async def info(request: Request) -> dict[str, Any]:
         """The served model: name, members with their calibrated temperatures, and the shaping in use."""
         backend = request.app.state.service.backend  # an ensemble.RewardPath: its scorers hold cards and tokenizers
-        members = [{"name": s.name, "temperature": s.card.temperature, "max_length": s.encoder.max_length}
-                   for s in backend.scorers]
+        dirs = [str(d) for d in model_dirs] if len(model_dirs) == len(backend.scorers) else [None] * len(backend.scorers)
+        members = [{"name": s.name, "path": d, "temperature": s.card.temperature, "max_length": s.encoder.max_length}
+                   for s, d in zip(backend.scorers, dirs, strict=True)]
         return {"model": backend.name, "members": members, "shaping": backend.shaping.model_dump(),
                 "temperature": sum(m["temperature"] for m in members) / len(members),
                 "temperature_note": "the model's calibrated temperature" if len(members) == 1 else
