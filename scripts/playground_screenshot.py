@@ -14,11 +14,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the browser and live-server helpers
 
-import browser  # noqa: E402
-from live_server import live_server  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
+import browser  # noqa: E402
+from live_server import live_server  # noqa: E402
 from rmkit.ensemble import Ensemble  # noqa: E402
 from rmkit.server import ServeConfig, create_app  # noqa: E402
 
