@@ -127,7 +127,7 @@ def router(model_dirs: Sequence[str], example_files: Sequence[str] | None = None
                 "temperature": sum(m["temperature"] for m in members) / len(members),
                 "temperature_note": "the model's calibrated temperature" if len(members) == 1 else
                 "mean of the members' calibrated temperatures (an ensemble has no fitted temperature of its own)",
-                "length_tokenizer": members[0]["name"]}
+                "length_tokenizer": members[0]["path"] or members[0]["name"]}
 
     @api.post("/playground/tokens")
     def tokens(body: TokensRequest, request: Request) -> dict[str, list[int]]:
