@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import pytest
 import yaml
@@ -36,7 +37,10 @@ def run(tmp_path_factory):
     cfg = load_config(None, [f"data.paths=[{paths[0]},{paths[1]}]", "data.val_fraction=0.25", "data.test_fraction=0.25",
                              "data.max_length=64", "model.path=tiny-llama", f"train.out_dir={root / 'run'}",
                              "train.batch_size=8", "train.max_steps=3", "train.eval_every=1000", "train.save_every=1000"])
-    return train(cfg)
+    started = time.perf_counter()
+    run = train(cfg)
+    (run / "seconds.txt").write_text(str(time.perf_counter() - started))
+    return run
 
 
 def card_parts(path):
@@ -76,6 +80,8 @@ def test_train_writes_a_hub_layout_card_whose_numbers_are_eval_json(run):
         assert f"| {name} (`{s['path']}`) | {s['licence']} | {s['train']} | {s['val']} | {s['test']} |" in body
         assert s["val"] == report["val"]["by_source"][name]["n_pairs"]
     assert f"({report['run']['wall_time_s']:.0f} s) on {report['run']['hardware']}" in body
+    outside = float((run / "seconds.txt").read_text())  # train() as timed by its caller
+    assert 0.5 * outside <= report["run"]["wall_time_s"] <= outside + 0.1
     assert report["run"]["steps"] == 3 and "3 optimiser steps" in body
 
 
