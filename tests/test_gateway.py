@@ -23,10 +23,11 @@ def test_unknown_paths_are_counted_as_other_so_labels_stay_bounded():
 
 
 def test_served_routes_are_the_known_paths():
+    from rmkit import playground
     from rmkit.routes import ROUTERS
     from rmkit.server import ServeConfig, create_app
 
     app = create_app(lambda: None, ServeConfig(model_dirs=["m"]))
-    paths = {route.path for router in ROUTERS for route in router.routes}
+    paths = {route.path for router in [*ROUTERS, playground.router(["m"])] for route in router.routes}
     assert {"/score", "/get_reward", "/verify", "/pooling", "/classify", "/v1/score/evaluation", "/health"} <= paths
     assert app.state.metrics.paths == paths

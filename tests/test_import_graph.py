@@ -19,9 +19,9 @@ LAYERS = [
     {"rows", "config", "data", "splits", "encoding", "backbones", "model", "checkpoint", "moments"},
     # 2 engine: scoring and what builds on it, the HTTP plumbing
     {"scoring", "ensemble", "calibration", "evaluation", "report", "selection", "batcher", "gateway", "client",
-     "service"},
+     "service", "modelcard"},
     # 3 edges: recipes, the server, the RL adapters
-    {"training", "routes", "server", "rl", "rollouts", "grpo"},
+    {"training", "routes", "playground", "server", "rl", "rollouts", "grpo"},
     # 4 the command line
     {"cli", "__main__"},
 ]
