@@ -231,3 +231,4 @@ def test_summarize_ratings_reports_spearman_and_pearson_by_hand():
 
 def test_dataset_names_use_the_folder_for_pairs_jsonl_and_number_repeats():
     assert dataset_names(["data/hh/pairs.jsonl", "x/test.jsonl", "y/test.jsonl"]) == ["hh", "test", "test-2"]
+    assert dataset_names(["data/ae/pairs.jsonl.gz", "x/test.jsonl.gz"]) == ["ae", "test"]

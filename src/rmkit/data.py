@@ -275,7 +275,7 @@ def _detect(row: dict, k: Keys) -> str:
 def _each_row(source: Any, handle: Callable[[dict, dict], None], skip_bad: bool) -> None:
     """Call handle(row, meta) on every row (nulls dropped: null means absent), meta being the PreferencePair fields
     subset, origin and id; raise each bad row as a DataError, or skip it with one warning at the end."""
-    name, stem = (str(source), Path(source).stem) if isinstance(source, str | Path) else ("<memory>", "")
+    name, stem = (str(source), Path(str(source).removesuffix(".gz")).stem) if isinstance(source, str | Path) else ("<memory>", "")
     total, errors = 0, []
     for origin, row in rows_or_errors(source):
         total += 1

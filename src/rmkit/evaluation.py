@@ -165,14 +165,15 @@ def format_summary(name: str, report: dict[str, Any]) -> str:
 
 
 def dataset_names(paths: Sequence[str | Path]) -> list[str]:
-    """A name per file: the parent folder for pairs.jsonl, else the stem; repeats get -2, -3, ...
+    """A name per file: the parent folder for pairs.jsonl(.gz), else the stem; repeats get -2, -3, ...
 
-    Example: ["data/hh/pairs.jsonl", "x/test.jsonl", "y/test.jsonl"] → ["hh", "test", "test-2"].
+    Example: ["data/hh/pairs.jsonl", "x/test.jsonl", "y/test.jsonl.gz"] → ["hh", "test", "test-2"].
     """
     names: list[str] = []
     for path in paths:
         path = Path(path)
-        base = path.parent.name if path.stem == "pairs" and path.parent.name else path.stem
+        stem = Path(path.stem).stem if path.suffix.lower() == ".gz" else path.stem
+        base = path.parent.name if stem == "pairs" and path.parent.name else stem
         name, i = base, 1
         while name in names:
             i += 1
