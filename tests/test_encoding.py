@@ -109,3 +109,13 @@ def test_token_budget_batches_never_pad_a_short_row_up_to_a_long_one():
     lengths = [512, 20, 300, 25, 480, 30, 310]
     for batch in token_budget_batches(lengths, max_tokens=16384, max_batch=64):
         assert min(lengths[i] for i in batch) >= 0.75 * max(lengths[i] for i in batch)
+
+
+def test_collate_carries_soft_labels_with_nan_where_a_pair_has_none():
+    import torch
+
+    from rmkit.encoding import EncodedPair
+
+    batch = collate([EncodedPair([1], [2], None, 0, 0.8), EncodedPair([3], [4], None, 1)], pad_id=0)
+    assert batch.label_prob[0].item() == pytest.approx(0.8) and torch.isnan(batch.label_prob[1])
+    assert collate([EncodedPair([1], [2], None, 0)], pad_id=0).label_prob is None

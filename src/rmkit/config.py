@@ -75,6 +75,9 @@ class DataConfig(Strict):
     """Key of the other response column."""
     margin_key: str = "margin"
     """Key of the optional numeric margin of a pairs row (how much better chosen is)."""
+    label_prob_key: str = "judge_prob_chosen"
+    """Key of a pairs row's optional soft label, P(chosen is better) in [0, 1] (AlpacaEval's judge probability); used
+    by train.objective 'soft_bradley_terry', ignored by plain Bradley–Terry."""
     response_key: str = "response"
     """Ratings rows: the rated response; graded rows: each completion's response."""
     score_key: str = "score"
@@ -166,6 +169,12 @@ class TrainingConfig(Strict):
     without AVX-512)."""
     length_grouping: bool = True
     """Batch pairs of similar length together to cut padding (shuffled in groups, so still random)."""
+    objective: Literal["bradley_terry", "soft_bradley_terry"] = "bradley_terry"
+    """'bradley_terry': -log σ(r_c − r_r). 'soft_bradley_terry': cross-entropy against each pair's soft label
+    P(chosen is better) (data.label_prob_key), 1 − label_smoothing where a pair has none."""
+    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5)
+    """ε: train towards P(chosen is better) = 1 − ε instead of 1 (soft Bradley–Terry with a constant label); with
+    'soft_bradley_terry', only for pairs without their own soft label."""
     center_coef: float = Field(0.0, ge=0.0)
     """Weight of the reward-centering term mean((r_c + r_r)^2)."""
     length_decorrelation: float = Field(0.0, ge=0.0)

@@ -6,6 +6,7 @@ format in training and another in production. Knows tokenizers and tensors, noth
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -75,6 +76,7 @@ class EncodedPair:
     rejected: list[int]
     margin: float | None
     index: int  # position in the list of pairs it came from
+    label_prob: float | None = None  # soft label, P(chosen is better)
 
     @property
     def length(self) -> int:
@@ -95,21 +97,24 @@ def encode_pairs(pairs: Sequence[Any], encoder: Encoder, template: Template) -> 
         if chosen == rejected:
             identical += 1
             continue
-        out.append(EncodedPair(chosen, rejected, pair.margin, i))
+        out.append(EncodedPair(chosen, rejected, pair.margin, i, getattr(pair, "label_prob", None)))
     return out, identical
 
 
 @dataclass(frozen=True)
 class Batch:
-    """Chosen rows first, then rejected: input_ids (2B, T), attention_mask (2B, T), margin (B,) or None."""
+    """Chosen rows first, then rejected: input_ids (2B, T), attention_mask (2B, T), margin (B,) or None,
+    label_prob (B,) or None (NaN for a pair without a soft label)."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     margin: torch.Tensor | None
+    label_prob: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> Batch:
         margin = None if self.margin is None else self.margin.to(device)
-        return Batch(self.input_ids.to(device), self.attention_mask.to(device), margin)
+        prob = None if self.label_prob is None else self.label_prob.to(device)
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device), margin, prob)
 
 
 def pad_sequences(seqs: Sequence[Sequence[int]], pad_id: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,7 +134,9 @@ def collate(pairs: Sequence[EncodedPair], pad_id: int) -> Batch:
     ids, mask = pad_sequences([p.chosen for p in pairs] + [p.rejected for p in pairs], pad_id)
     margins = [p.margin for p in pairs]
     margin = None if all(m is None for m in margins) else torch.tensor([m or 0.0 for m in margins])
-    return Batch(ids, mask, margin)
+    probs = [p.label_prob for p in pairs]
+    prob = None if all(p is None for p in probs) else torch.tensor([math.nan if p is None else p for p in probs])
+    return Batch(ids, mask, margin, prob)
 
 
 def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int, group: bool = True) -> list[list[int]]:

@@ -27,9 +27,9 @@ from rmkit import checkpoint, metrics
 from rmkit.calibration import calibrate
 from rmkit.config import DataConfig, OptimConfig, TrainConfig, TrainingConfig, dump_config
 from rmkit.data import PreferencePair
-from rmkit.encoding import EncodedPair, Encoder, collate, encode_pairs, length_grouped_batches
+from rmkit.encoding import Batch, EncodedPair, Encoder, collate, encode_pairs, length_grouped_batches
 from rmkit.evaluation import evaluate, format_summary
-from rmkit.loss import bradley_terry_loss, length_correlation_penalty
+from rmkit.loss import bradley_terry_loss, length_correlation_penalty, soft_bradley_terry_loss
 from rmkit.model import ModelCard, RewardModel, load_for_training, mixed_precision, save_model
 from rmkit.modelcard import run_summary, write_model_card
 from rmkit.rows import MetricsLog, write_json
@@ -276,6 +276,17 @@ def resume(t: Trainer, enabled: bool) -> TrainState:
     return TrainState(**saved)
 
 
+def pair_loss(tc: TrainingConfig, chosen: torch.Tensor, rejected: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """The objective `tc` names on one batch's (B,) rewards: Bradley–Terry, or soft Bradley–Terry against each pair's
+    label probability (1 − label_smoothing where a pair has none, and for every pair under plain BT)."""
+    if tc.objective == "bradley_terry" and not tc.label_smoothing:
+        return bradley_terry_loss(chosen, rejected, batch.margin, tc.center_coef)
+    prob = torch.full_like(chosen, 1.0 - tc.label_smoothing)  # (B,)
+    if tc.objective == "soft_bradley_terry" and batch.label_prob is not None:
+        prob = torch.where(torch.isnan(batch.label_prob), prob, batch.label_prob.to(prob.dtype))
+    return soft_bradley_terry_loss(chosen, rejected, prob, batch.margin, tc.center_coef)
+
+
 def train_step(t: Trainer, pairs: list[EncodedPair], micro: list[list[int]], tc: TrainingConfig, optim: OptimConfig,
                window: Window, step: int) -> float:
     """One optimiser step over `micro` (grad_accum global batches, each split across ranks); returns the grad norm."""
@@ -287,7 +298,7 @@ def train_step(t: Trainer, pairs: list[EncodedPair], micro: list[list[int]], tc:
         with nullcontext() if i == len(micro) - 1 else acc.no_sync(t.model):
             scores = t.model(batch.input_ids, batch.attention_mask)  # (2b,)
             chosen, rejected = scores.float().chunk(2)  # (b,), (b,)
-            loss = bradley_terry_loss(chosen, rejected, batch.margin, tc.center_coef)
+            loss = pair_loss(tc, chosen, rejected, batch)
             if tc.length_decorrelation:
                 chosen_len, rejected_len = batch.attention_mask.sum(1).float().chunk(2)  # (b,), (b,)
                 loss = loss + tc.length_decorrelation * length_correlation_penalty(
