@@ -25,7 +25,7 @@ def verb(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespac
 @verb
 def cmd_train(args: argparse.Namespace) -> int:
     from rmkit.config import load_config
-    from rmkit.evaluation import format_summary
+    from rmkit.evaluation import format_by_source, format_summary
     from rmkit.training import train
 
     config, overrides = args.config, list(args.overrides)
@@ -38,6 +38,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     for split in ("val", "test"):
         if split in report:
             print(format_summary(f"held-out {split}", report[split]))
+            for line in format_by_source(split, report[split]):
+                print(line)
     print(f"model: {run / 'model'}   (try: rmkit score {run / 'model'} rows.jsonl --out scored.jsonl)")
     return 0
 
@@ -45,7 +47,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 @verb
 def cmd_eval(args: argparse.Namespace) -> int:
     from rmkit.diagnostics import Flag
-    from rmkit.evaluation import compare_models, evaluate_files, format_comparison, format_summary, write_json
+    from rmkit.evaluation import compare_models, evaluate_files, format_comparison, format_summary, pair_probabilities, write_json
     from rmkit.modelcard import append_evaluation
 
     if args.compare:  # rmkit eval --compare MODEL_A MODEL_B DATA [DATA ...]
@@ -57,6 +59,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         report = compare_models(args.model_dir, args.data[0], args.data[1:], format=args.format)
         for name, result in report["datasets"].items():
             print(format_comparison(name, result))
+    elif args.show_pairs:  # one line per pair: the sanity panel
+        report = {path: pair_probabilities(args.model_dir, path) for path in args.data}
+        for rows in report.values():
+            for row in rows:
+                print(f"P(chosen preferred) {row['p_chosen']:.3f}  [{row['subset']}]  {row['prompt'][:70]!r}")
     else:
         report = evaluate_files(args.model_dir, args.data, report_dir=args.report, train_data=args.train_data,
                                 format=args.format)
@@ -218,6 +225,8 @@ def _data_verbs(sub: Any) -> None:
     s.add_argument("--compare", action="store_true",
                    help="rmkit eval --compare MODEL_A MODEL_B DATA...: accuracy difference, bootstrap CI, McNemar")
     s.add_argument("--train-data", help="training pairs: their accuracy vs each data set's flags overfitting")
+    s.add_argument("--show-pairs", action="store_true",
+                   help="print P(chosen preferred) of every pair (a sanity panel such as examples/sanity_panel.jsonl)")
     s.add_argument("--format", default="auto", choices=get_args(Format),
                    help="read every file as this format (default: detect from each row)")
 

@@ -124,7 +124,11 @@ class DataConfig(Strict):
     [1, 2] for twice as many pairs from the second file; a file below its share is oversampled, one above it
     subsampled (a different subsample each seed). Default: equal shares."""
     max_length: int = Field(256, ge=8)
-    """Tokens per (prompt, response) after rendering; the prompt is cut from the left, the response end is kept."""
+    """Tokens per (prompt, response) after rendering; a longer text is cut as `truncation` says."""
+    truncation: Literal["left", "instruction"] = "left"
+    """'left': drop tokens from the start (older turns, then the instruction), keep the end of the answer.
+    'instruction': keep the last user turn and cut the middle of a long instruction or answer, dropping older turns
+    first. Stored in rmkit.json, so scoring cuts the same way."""
     max_train_pairs: int | None = None
     """Use only the first N training pairs (after splitting and balancing), for quick runs."""
 

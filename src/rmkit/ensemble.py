@@ -82,7 +82,7 @@ class RewardPath:
             limit = getattr(s.model.hf.config, "max_position_embeddings", None) or max_length
             if max_length > limit:
                 log.warning("%s: max_length %d exceeds its %d positions; using %d", s.name, max_length, limit, limit)
-            s.encoder = Encoder(s.tokenizer, min(max_length, limit), s.card.add_special_tokens)
+            s.encoder = Encoder(s.tokenizer, min(max_length, limit), s.card.add_special_tokens, s.card.truncation)
         return cls(scorers, shaping)
 
     @property
@@ -131,7 +131,7 @@ class RewardPath:
         per_member = []
         for s in self.scorers:
             encoder = s.encoder if add_special_tokens is None else Encoder(s.tokenizer, s.encoder.max_length,
-                                                                           add_special_tokens)
+                                                                           add_special_tokens, s.encoder.truncation)
             per_member.append([_drop_double_bos(ids, s.tokenizer.bos_token_id) for ids in encoder.encode(texts)])
         prompts = prompts or [None] * len(texts)
         tails = [t[len(p):] if p and t.startswith(p) else t for t, p in zip(texts, prompts, strict=True)]

@@ -278,3 +278,27 @@ def format_comparison(name: str, result: dict[str, Any]) -> str:
     return (f"{name}: A {result['accuracy_a']:.3f} vs B {result['accuracy_b']:.3f} (n={result['n_pairs']}) | "
             f"A − B {boot['diff']:+.3f} (95% CI {boot['ci_low']:+.3f} to {boot['ci_high']:+.3f}) | "
             f"McNemar p = {mc['p_value']:.3g} ({mc['b']} vs {mc['c']} discordant, {mc['method']})")
+
+
+def format_by_source(name: str, report: dict[str, Any]) -> list[str]:
+    """One line per source of a pairs report: accuracy, interval and the length-only baseline beside it."""
+    lines = []
+    for source, r in report.get("by_source", {}).items():
+        low, high = r["accuracy_ci95"]
+        lines.append(f"  {name} {source}: accuracy {r['accuracy']:.3f} (95% CI {low:.3f}–{high:.3f}, n={r['n_pairs']}) | "
+                     f"length-only baseline {r['length_baseline_accuracy']:.3f}")
+    return lines
+
+
+def pair_probabilities(model_dir: str | Path, path: str | Path) -> list[dict[str, Any]]:
+    """P(chosen preferred) = σ(Δ/T) for every pair of a file (`rmkit eval --show-pairs`), with its subset and prompt:
+    the sanity panel's view, one pair at a time."""
+    from rmkit.data import read_pairs
+    from rmkit.scoring import Scorer
+
+    scorer = Scorer.load(model_dir)
+    pairs = read_pairs(path)
+    chosen, rejected = scorer.score_pairs(pairs)
+    probs = metrics.bt_probability(np.asarray(chosen) - np.asarray(rejected), scorer.card.temperature)
+    return [{"subset": p.subset, "prompt": p.prompt if isinstance(p.prompt, str) else json.dumps(p.prompt),
+             "p_chosen": float(q)} for p, q in zip(pairs, probs, strict=True)]

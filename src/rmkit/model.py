@@ -20,7 +20,7 @@ from torch import nn
 from rmkit import __version__
 from rmkit.backbones import ENCODER_TYPES, resolve
 from rmkit.config import ModelConfig
-from rmkit.encoding import Template, default_template
+from rmkit.encoding import Template, Truncation, default_template
 from rmkit.loss import last_attended_index as last_attended_index  # re-exported: callers import it from here
 from rmkit.rows import write_json
 
@@ -50,7 +50,10 @@ class ModelCard(BaseModel):
     add_special_tokens: bool
     """Whether the tokenizer adds its own special tokens ([CLS]/[SEP], BOS) around the rendered text."""
     max_length: int
-    """Longest token sequence; longer texts lose tokens from the left."""
+    """Longest token sequence."""
+    truncation: Truncation = "left"
+    """How a longer text is cut: 'left' drops its start; 'instruction' keeps the last user turn and cuts the middle
+    of a long instruction or answer (rmkit.encoding.keep_instruction). Folders written before it existed: 'left'."""
     reward_mean: float = 0.0
     """Mean reward over the validation split (chosen and rejected together)."""
     reward_std: float = 1.0
@@ -189,7 +192,8 @@ def freeze_lower_layers(hf: nn.Module, n: int) -> None:
         module.requires_grad_(False)
 
 
-def load_for_training(cfg: ModelConfig, max_length: int) -> tuple[RewardModel, Any, ModelCard]:
+def load_for_training(cfg: ModelConfig, max_length: int, truncation: Truncation = "left"
+                      ) -> tuple[RewardModel, Any, ModelCard]:
     """Backbone + fresh scalar head (or LoRA adapter + head), its tokenizer, and the card it will be saved with."""
     from transformers import AutoModelForSequenceClassification
 
@@ -218,7 +222,7 @@ def load_for_training(cfg: ModelConfig, max_length: int) -> tuple[RewardModel, A
     template = default_template(tokenizer)
     card = ModelCard(
         backbone=cfg.path, finetune=cfg.finetune, pooling=pooling, template=template,
-        add_special_tokens=template == "plain", max_length=max_length,
+        add_special_tokens=template == "plain", max_length=max_length, truncation=truncation,
     )
     return RewardModel(hf, pooling), tokenizer, card
 

@@ -45,7 +45,7 @@ class Scorer:
         self.max_tokens = max_tokens
         self.max_batch = max_batch
         self.progress = progress
-        self.encoder = Encoder(tokenizer, card.max_length, card.add_special_tokens)
+        self.encoder = Encoder(tokenizer, card.max_length, card.add_special_tokens, card.truncation)
         self.device = next(model.parameters()).device
 
     @classmethod

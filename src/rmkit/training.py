@@ -178,7 +178,7 @@ def train(cfg: TrainConfig) -> Path:
     set_seed(tc.seed)
     if accelerator.is_main_process:
         write_config(cfg, out)
-    model, tokenizer, card = load_for_training(cfg.model, cfg.data.max_length)
+    model, tokenizer, card = load_for_training(cfg.model, cfg.data.max_length, cfg.data.truncation)
     data = load_data(cfg.data, tc, tokenizer, card)
     plan = StepPlan([p.length for p in data.train], tc.batch_size * accelerator.num_processes,
                     accelerator.num_processes, tc.seed, tc.length_grouping, tc.grad_accum)
@@ -249,7 +249,7 @@ def make_accelerator(tc: TrainingConfig) -> Accelerator:
 def load_data(cfg: DataConfig, tc: TrainingConfig, tokenizer: Any, card: ModelCard) -> TrainData:
     """Read and split the pairs, encode train and validation, and refuse what cannot be trained."""
     splits = load_splits(cfg, tc.seed)
-    encoder = Encoder(tokenizer, card.max_length, card.add_special_tokens)
+    encoder = Encoder(tokenizer, card.max_length, card.add_special_tokens, card.truncation)
     train_set, dropped = encode_pairs(splits["train"], encoder, card.template)
     val_set, val_dropped = encode_pairs(splits["val"], encoder, card.template)
     if dropped or val_dropped:
