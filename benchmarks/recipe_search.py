@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val-pairs", type=int, default=300, help="at most this many validation pairs per source")
     p.add_argument("--config", default=str(REPO / "configs" / "default.yaml"))
     p.add_argument("overrides", nargs="*")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
 
     from rmkit.config import load_config
     from rmkit.data import read_pairs, split_by_prompt
