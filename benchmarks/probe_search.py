@@ -3,6 +3,9 @@ Bradley–Terry head fitted on them (the "freeze every layer" end of the freezin
 
     python benchmarks/probe_search.py [--train-pairs 300] [--val-pairs 150]   # → results/probe_search.json
 
+Each row is also appended to results/probe_search_rows.jsonl as soon as it is fitted, so a run stopped part way
+keeps what it measured.
+
 Per source (hh, pandalm, alpacaeval), pairs are split by prompt hash exactly as training splits them; a seeded
 sample of the train split and of the validation split is embedded with MiniLM under both truncation rules ('left',
 'instruction'), reading both poolings (mean of attended tokens; the [CLS] hidden state) from the same forward.
@@ -17,13 +20,14 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
 import random
 import time
 
 import numpy as np
 import torch
-from common import REPO, write_result
+from common import REPO, RESULTS, write_result
 
 SOURCES = {"hh": "data/hh-rlhf-harmless/pairs.jsonl", "pandalm": "data/pandalm/pairs.jsonl",
            "alpacaeval": "data/alpacaeval-gpt4turbo/pairs.jsonl.gz"}
@@ -153,6 +157,8 @@ def main() -> int:
             row = {"truncation": truncation, "pooling": pooling, "labels": "soft" if soft else "hard", "train": list(mix),
                    **run_recipe(embeddings[truncation], pairs, mix, pooling, soft)}
             rows.append(row)
+            with (RESULTS / "probe_search_rows.jsonl").open("a") as f:
+                f.write(json.dumps(row) + "\n")
             loso = row.get("loso")
             print(truncation, pooling, row["labels"], "+".join(mix), {s: v["accuracy"] for s, v in row["val"].items()},
                   f"LOSO {loso['source']} {loso['accuracy']} (len {loso['length_baseline']})" if loso else "", flush=True)
