@@ -242,7 +242,7 @@ def test_summarize_breaks_accuracy_down_by_source_file_with_its_length_baseline(
              PreferencePair("r", "z", "long answer", origin="b.jsonl.gz:7")]
     s = summarize(np.array([1.0, 0.0, 2.0]), np.array([0.0, 1.0, 0.0]), pairs)
     a, b = s["by_source"]["a"], s["by_source"]["b"]
-    assert (a["n"], a["accuracy"], a["length_baseline_accuracy"]) == (2, 0.5, 0.5)
-    assert (b["n"], b["accuracy"], b["length_baseline_accuracy"]) == (1, 1.0, 0.0)
+    assert (a["n_pairs"], a["accuracy"], a["length_baseline_accuracy"]) == (2, 0.5, 0.5)
+    assert (b["n_pairs"], b["accuracy"], b["length_baseline_accuracy"]) == (1, 1.0, 0.0)
     assert b["accuracy_ci95"] == pytest.approx(list(metrics.wilson_interval(1, 1)))
     assert "by_source" not in summarize(np.array([1.0]), np.array([0.0]), pairs[:1])  # one source: nothing to split
