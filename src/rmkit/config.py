@@ -11,13 +11,18 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, model_validator
 
 from rmkit.dialects import DialectError, gym_to_serve, is_gym_config
 from rmkit.protocols import MAX_CHARS, MAX_ITEMS
 from rmkit.shaping import ShapingConfig
 
 DEFAULT_DATA = ("data/hh-rlhf-harmless/pairs.jsonl", "data/pandalm/pairs.jsonl")
+
+
+Precision = Literal["auto", "fp32", "bf16", "fp16", "int8"]
+"""Weights and activations of a scoring model (serve, score, eval, RL adapters): 'auto' is bf16 on a GPU that has it,
+fp32 elsewhere; 'int8' is dynamic int8 quantisation of the backbone's Linear layers, CPU only (model.quantize_int8)."""
 
 
 class ConfigError(ValueError):
@@ -62,8 +67,9 @@ class ModelConfig(Strict):
 
 class DataConfig(Strict):
     paths: list[str] = list(DEFAULT_DATA)
-    """Preference files (JSONL, JSON, CSV, Parquet) or datasets saved with save_to_disk; relative to the working
-    directory. The default is the vendored HH-RLHF harmless and PandaLM pairs."""
+    """Preference files (JSONL, JSON, CSV, Parquet), datasets saved with save_to_disk, or `datasets.load_dataset`
+    sources: a hub name as NAME or NAME:SPLIT (split 'train' by default) or a local folder of data files; relative
+    to the working directory. The default is the vendored HH-RLHF harmless and PandaLM pairs."""
     format: Literal["auto", "pairs", "hh", "ranked", "ab", "ratings", "helpsteer3", "graded"] = "auto"
     """Row shape; 'auto' recognises each row by its keys. 'helpsteer3': HelpSteer3 preference rows as published;
     'graded': UltraFeedback-style rows (one prompt, several completions with ratings)."""
@@ -287,15 +293,22 @@ class ServeConfig(Strict):
     """`rmkit serve` settings; YAML mirrors the fields, `shaping:` is a ShapingConfig section."""
 
     model_dirs: list[str] = Field(min_length=1)
-    """rmkit model directories; several form an ensemble (combined by shaping.ensemble)."""
+    """rmkit model directories, or plain HF reward model folders / hub ids (read by rmkit.card's rule); several
+    form an ensemble (combined by shaping.ensemble)."""
     host: str = "127.0.0.1"
     """Interface to bind; 127.0.0.1 keeps the server local. Use 0.0.0.0 only with a token or a trusted network."""
     port: int = Field(8000, ge=0, le=65535)
     """TCP port (0 picks a free one)."""
     token: str | None = Field(None, min_length=1)
     """Bearer token every request but GET /health must send; unset: $RMKIT_TOKEN, else no auth."""
-    device: str = "auto"
-    """'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ..."""
+    device: str | list[str] = "auto"
+    """'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ...; or a list, one device per model of model_dirs."""
+    dtype: Precision = "fp32"
+    """Weights and activations: fp32, bf16, fp16, auto (bf16 on a GPU that has it, else fp32), int8 (CPU only)."""
+    tokenizer: str | None = None
+    """A separate tokenizer folder or hub id for every model (default: each model's own)."""
+    trust_remote_code: bool = False
+    """Run a hub repository's own model code; off unless asked."""
     threads: int | None = Field(None, ge=1)
     """torch intra-op threads for the forward (None: torch's default, one per core). On a small CPU, fewer threads
     than cores leaves one for the event loop that parses and tokenises the next requests."""
@@ -303,8 +316,13 @@ class ServeConfig(Strict):
     """Override every model's max_length (tokens; longer texts lose tokens from the left)."""
     batch_tokens: int = Field(16384, gt=0)
     """Token budget of one batch: requests are gathered up to it, and each forward's padded size stays within it."""
-    batch_size: int = Field(64, ge=1)
-    """Most rows in one forward (and in one gathered batch)."""
+    max_batch: int = Field(64, ge=1, validation_alias=AliasChoices("max_batch", "batch_size"))
+    """Most rows in one forward (and in one gathered batch); `batch_size` is read as the same setting."""
+
+    @property
+    def batch_size(self) -> int:
+        """max_batch under its former name (NeMo Gym's and older rmkit configs call it batch_size)."""
+        return self.max_batch
     max_wait_ms: float = Field(5.0, ge=0)
     """How long the first request of a batch waits for others to join it."""
     queue_size: int = Field(4096, ge=1)
@@ -350,13 +368,16 @@ def _cuda_available() -> bool:
 
 def load_serve_config(source: str | Path, overrides: Sequence[str] = ()) -> ServeConfig:
     """A ServeConfig from a YAML file (rmkit's, or NeMo Gym's reward-model server config: the dialect is told by its
-    keys, see rmkit.dialects) or a bare model directory, plus dotted key=value overrides (rmkit's names).
+    keys, see rmkit.dialects), a bare model directory or a hub id (org/name), plus dotted key=value overrides
+    (rmkit's names).
 
     Example: load_serve_config("runs/x/model", ["port=9000", "shaping.clip=null"]). The token falls back to
     $RMKIT_TOKEN when neither the file nor an override sets it.
     """
     shape = "neither a model directory nor a serve YAML mapping (model_dirs, host, port, shaping, ...)"
-    raw = {"model_dirs": [str(source)]} if Path(source).is_dir() else read_yaml_mapping(source, shape)
+    path = Path(source)
+    hub_id = not path.exists() and path.suffix not in (".yaml", ".yml") and str(source).count("/") == 1
+    raw = {"model_dirs": [str(source)]} if path.is_dir() or hub_id else read_yaml_mapping(source, shape)
     if is_gym_config(raw):
         try:
             raw = gym_to_serve(raw, str(source), ServeConfig.model_fields, _cuda_available)
