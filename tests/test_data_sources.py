@@ -49,7 +49,7 @@ def test_train_takes_a_dataset_in_memory(tmp_path):
     cfg = load_config(None, ["data.val_fraction=0", "data.test_fraction=0", "data.max_length=32",
                              "model.path=tiny-llama", f"train.out_dir={tmp_path / 'run'}", "train.batch_size=3",
                              "train.max_steps=2", "train.eval_every=1000", "train.save_every=1000"])
-    run = train(cfg, data=[datasets.Dataset.from_list(ROWS)])
+    run = train(cfg, sources=[datasets.Dataset.from_list(ROWS)])
     assert (run / "model" / "rmkit.json").exists()
     steps = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"train"' in x]
     assert steps and steps[-1]["step"] == 2
