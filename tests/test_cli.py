@@ -6,7 +6,7 @@ import pytest
 
 from rmkit import cli
 
-VERBS = ["train", "eval", "calibrate", "select", "triage", "score", "serve", "compare", "export", "grpo", "collect",
+VERBS = ["train", "eval", "import", "calibrate", "select", "triage", "score", "serve", "compare", "export", "grpo", "collect",
          "rerank"]
 
 

@@ -16,7 +16,8 @@ LAYERS = [
     # 0 pure: arrays, tensors or JSON values in and out; no files, models or HTTP
     {"loss", "metrics", "diagnostics", "shaping", "protocols", "gym", "rowshapes", "dialects"},
     # 1 I/O: files, configs, tokenizers, checkpoints, the model
-    {"rows", "config", "data", "splits", "encoding", "backbones", "model", "checkpoint", "moments"},
+    {"rows", "config", "serveconfig", "data", "splits", "encoding", "backbones", "card", "model", "checkpoint", "moments",
+     "sharding"},
     # 2 engine: scoring and what builds on it, the HTTP plumbing
     {"scoring", "ensemble", "calibration", "evaluation", "report", "selection", "batcher", "gateway", "client",
      "service", "modelcard"},

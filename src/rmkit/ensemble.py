@@ -21,12 +21,14 @@ from typing import Any
 
 import numpy as np
 
+from rmkit.config import Precision
 from rmkit.encoding import Encoder
 from rmkit.gym import split_row
 from rmkit.protocols import content_text
 from rmkit.rows import read_rows, write_jsonl
 from rmkit.scoring import Scorer
 from rmkit.shaping import ShapedRewards, ShapingConfig, combine_ensemble, response_length, running_moments, shape_rewards
+from rmkit.sharding import barrier, current_shard
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +74,16 @@ class RewardPath:
                                  "pass shaping.reward_std or use shaping.normalize='none'")
 
     @classmethod
-    def load(cls, model_dirs: Sequence[str | Path], shaping: ShapingConfig | None = None, device: str = "auto",
-             max_length: int | None = None, **scorer_kwargs: Any) -> RewardPath:
+    def load(cls, model_dirs: Sequence[str | Path], shaping: ShapingConfig | None = None,
+             device: str | Sequence[str] = "auto", max_length: int | None = None, **scorer_kwargs: Any) -> RewardPath:
         """Load each model directory once; `max_length` (if set) overrides each card's, capped with a warning at what
         the model's position embeddings can take (NeMo Gym's default 2048 exceeds a BERT's 512); the rest goes to
-        Scorer."""
-        scorers = [Scorer.load(d, device=device, **scorer_kwargs) for d in model_dirs]
+        Scorer. `device` is one device for every member, or one per member (members on different GPUs): each
+        member's forward runs on its own device and only its (N,) scores come back to the CPU."""
+        devices = [device] * len(model_dirs) if isinstance(device, str) else list(device)
+        if len(devices) != len(model_dirs):
+            raise ValueError(f"{len(devices)} devices for {len(model_dirs)} models: give one device, or one per model")
+        scorers = [Scorer.load(d, device=dev, **scorer_kwargs) for d, dev in zip(model_dirs, devices, strict=True)]
         for s in scorers if max_length is not None else []:
             limit = getattr(s.model.hf.config, "max_position_embeddings", None) or max_length
             if max_length > limit:
@@ -199,15 +205,19 @@ def score_file(
     output_path: str | Path,
     batch_tokens: int = 8192,
     shaping: ShapingConfig | None = None,
-    device: str = "auto",
+    device: str | Sequence[str] = "auto",
     max_length: int | None = None,
     max_batch: int = 128,
+    dtype: Precision = "fp32",
+    tokenizer: str | None = None,
 ) -> int:
     """Copy a JSONL file of rows, adding rewards to each; returns the row count. The output is written atomically.
 
     Rows are `prompt` + `response`, chat `messages`, or NeMo Gym rollouts (see gym.split_row). Each output row gets
     `reward` (shaped by `shaping`; default: stored-stats normalisation, clip ±5) and `raw_reward`; `passed` when
     shaping has a reward_threshold; `member_rewards` and `reward_std` when several model directories form an ensemble.
+    Under `accelerate launch -m rmkit score ...` each process scores every world-th row on its own device and the
+    main process writes the one output, in input order (shaping.normalize='running' keeps one estimate per process).
     """
     rows, prompts, responses = [], [], []
     for origin, row in read_rows(Path(input_path)):
@@ -215,11 +225,18 @@ def score_file(
         rows.append(row)
         prompts.append(prompt)
         responses.append(response)
+    shard = current_shard()
+    if shard.device is not None and device == "auto":
+        device = shard.device
+    mine = shard.indices(len(rows))
     dirs = [model_dir] if isinstance(model_dir, (str, Path)) else list(model_dir)
     path = RewardPath.load(dirs, shaping, device=device, max_length=max_length, max_tokens=batch_tokens,
-                           max_batch=max_batch, progress=True)
-    out = path.rewards(prompts, responses)
-    write_jsonl(({**row, **out.item(i)} for i, row in enumerate(rows)), output_path)
+                           max_batch=max_batch, progress=shard.is_main, dtype=dtype, tokenizer=tokenizer)
+    out = path.rewards([prompts[i] for i in mine], [responses[i] for i in mine])
+    fields = shard.gather(mine, [out.item(j) for j in range(len(mine))])
+    if fields is not None:
+        write_jsonl(({**row, **f} for row, f in zip(rows, fields, strict=True)), output_path)
+    barrier(shard)
     return len(rows)
 
 

@@ -199,7 +199,7 @@ def training_log(model_dir: str | Path) -> list[dict[str, Any]] | None:
 
 
 def evaluate_files(model_dir: str | Path, paths: Sequence[str | Path], report_dir: str | Path | None = None,
-                   train_data: str | Path | None = None, format: str = "auto") -> dict[str, Any]:
+                   train_data: str | Path | None = None, format: str = "auto", options: Any = None) -> dict[str, Any]:
     """Load the model once and evaluate each file (`rmkit eval`); data sets are keyed by `dataset_names`.
 
     Args:
@@ -209,14 +209,15 @@ def evaluate_files(model_dir: str | Path, paths: Sequence[str | Path], report_di
         report_dir: also write report.json, report.html and the PNG plots here.
         train_data: a preference file of training pairs: its accuracy is compared with each set's (overfitting).
         format: "auto", or a `rmkit.data.Format` applied to every file.
+        options: a `rmkit.scoring.LoadOptions` (device, dtype, tokenizer, batching); None: its defaults.
 
     Returns:
         {"model_dir", "temperature", "datasets": {name: summary}, "training": train_val_gap or None, "flags",
         "train_data" (when given)}; "flags" are the model-level ones (from the training curves).
     """
-    from rmkit.scoring import Scorer
+    from rmkit.scoring import LoadOptions, Scorer
 
-    scorer = Scorer.load(model_dir, progress=True)
+    scorer = Scorer.from_options(model_dir, options or LoadOptions(), progress=True)
     temperature = scorer.card.temperature
     report: dict[str, Any] = {"model_dir": str(model_dir), "temperature": temperature, "datasets": {}}
     train_accuracy = None
@@ -251,16 +252,16 @@ def evaluate_files(model_dir: str | Path, paths: Sequence[str | Path], report_di
 
 
 def compare_models(model_a: str | Path, model_b: str | Path, paths: Sequence[str | Path], n_boot: int = 2000,
-                   seed: int = 0, format: str = "auto") -> dict[str, Any]:
+                   seed: int = 0, format: str = "auto", options: Any = None) -> dict[str, Any]:
     """Accuracy of two models on the same pairs: the difference with a paired bootstrap 95% interval and McNemar.
 
     Returns:
         {"model_a", "model_b", "datasets": {name: {"n_pairs", "accuracy_a", "accuracy_b", "bootstrap",
         "mcnemar"}}}, bootstrap as `metrics.paired_bootstrap_accuracy_diff` (diff = a − b).
     """
-    from rmkit.scoring import Scorer
+    from rmkit.scoring import LoadOptions, Scorer
 
-    scorers = [Scorer.load(model_a, progress=True), Scorer.load(model_b, progress=True)]
+    scorers = [Scorer.from_options(m, options or LoadOptions(), progress=True) for m in (model_a, model_b)]
     out: dict[str, Any] = {"model_a": str(model_a), "model_b": str(model_b), "datasets": {}}
     for name, path in zip(dataset_names(paths), paths, strict=True):
         pairs = read_pairs(path, format=format)

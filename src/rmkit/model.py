@@ -11,68 +11,20 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from rmkit import __version__
-from rmkit.backbones import ENCODER_TYPES, resolve
+from rmkit.backbones import resolve
+from rmkit.card import CARD_FILE, ImportOptions, ModelCard, Pooling, check_supported, infer_card, is_encoder, read_card
 from rmkit.config import ModelConfig
-from rmkit.encoding import Template, Truncation, default_template
+from rmkit.encoding import Truncation, default_template
 from rmkit.loss import last_attended_index as last_attended_index  # re-exported: callers import it from here
 from rmkit.rows import write_json
 
 log = logging.getLogger(__name__)
-
-FORMAT_VERSION = 1
-CARD_FILE = "rmkit.json"
-Pooling = Literal["last", "mean", "cls"]
-
-
-class ModelCard(BaseModel):
-    """rmkit.json: what scoring needs besides the HF weights."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True, use_attribute_docstrings=True)
-    format_version: int = FORMAT_VERSION
-    """Version of this file's layout."""
-    rmkit_version: str = __version__
-    """rmkit release that wrote the folder."""
-    backbone: str
-    """Backbone as the user named it (alias, hub id or path)."""
-    finetune: Literal["full", "lora"]
-    """'lora' folders hold a PEFT adapter plus the score head; 'full' folders a whole model."""
-    pooling: Pooling
-    """Where the reward is read from the last hidden states."""
-    template: Template
-    """'chat': the tokenizer's chat template; 'plain': rmkit's "Role: content" turns."""
-    add_special_tokens: bool
-    """Whether the tokenizer adds its own special tokens ([CLS]/[SEP], BOS) around the rendered text."""
-    max_length: int
-    """Longest token sequence."""
-    truncation: Truncation = "left"
-    """How a longer text is cut: 'left' drops its start; 'instruction' keeps the last user turn and cuts the middle
-    of a long instruction or answer (rmkit.encoding.keep_instruction). Folders written before it existed: 'left'."""
-    reward_mean: float = 0.0
-    """Mean reward over the validation split (chosen and rejected together)."""
-    reward_std: float = 1.0
-    """Unbiased std of those rewards."""
-    reward_stats_from: Literal["validation", "training"] = "validation"
-    """Pairs the mean and std were measured on: 'training' (up to 256 of them) when the run held out no validation
-    pairs (data.val_fraction=0)."""
-    temperature: float = 1.0
-    """Calibration temperature T of P(A preferred) = σ((r_A − r_B) / T)."""
-
-
-def read_card(model_dir: str | Path) -> ModelCard:
-    path = Path(model_dir) / CARD_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{model_dir} has no {CARD_FILE}: it is not an rmkit model directory (train one with `rmkit train`)")
-    card = ModelCard.model_validate_json(path.read_text())
-    if card.format_version > FORMAT_VERSION:
-        raise ValueError(f"{path} has format_version {card.format_version}; this rmkit reads up to {FORMAT_VERSION}: upgrade rmkit")
-    return card
+__all__ = ["CARD_FILE", "ModelCard", "read_card", "is_encoder", "last_attended_index"]  # homes: rmkit.card, rmkit.loss
 
 
 def bf16_supported() -> bool:
@@ -85,10 +37,6 @@ def mixed_precision(precision: str) -> str:
     if precision == "auto":
         return "bf16" if bf16_supported() else "no"
     return {"fp32": "no"}.get(precision, precision)
-
-
-def is_encoder(config: Any) -> bool:
-    return config.model_type in ENCODER_TYPES
 
 
 def right_padded(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,8 +58,23 @@ def head(hf: nn.Module) -> nn.Module:
     raise ValueError(f"{type(hf).__name__} has neither a 'score' nor a 'classifier' head")
 
 
-def rewards(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
-    """THE reward readout: (N, T) ids and mask → (N,) rewards. Every path that reads a reward calls this.
+def position_ids(hf: nn.Module, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(N, T) positions counted over attended tokens only, so left and right padding agree: [[0,1,1]] → [[0,0,1]].
+
+    RoBERTa-family embeddings (a position table with a padding_idx) number real tokens from padding_idx + 1 and pads
+    padding_idx, as transformers' create_position_ids_from_input_ids does: [[0,1,1]] with padding_idx 1 → [[1,2,3]].
+    """
+    mask = attention_mask.long()
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (N, T)
+    table = getattr(getattr(getattr(hf, hf.base_model_prefix, None), "embeddings", None), "position_embeddings", None)
+    pad = getattr(table, "padding_idx", None)
+    if pad is None:
+        return positions
+    return (positions + pad + 1) * mask + pad * (1 - mask)
+
+
+def logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
+    """All outputs of the head: (N, T) ids and mask → (N, num_labels). `rewards` reads one column of this.
 
     'last' reads the last attended token found from the mask (never from pad ids: SmolLM2 pads with its EOS), so
     left and right padding agree; position ids come from the mask for the same reason. 'cls' is the HF encoder
@@ -120,30 +83,41 @@ def rewards(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Ten
     hf = _hf(model)
     if pooling == "cls" and not bool(attention_mask[:, 0].all()):
         input_ids, attention_mask = right_padded(input_ids, attention_mask)  # token 0 must be the real first token
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (N, T)
+    positions = position_ids(hf, attention_mask)
     if pooling == "cls":
-        return hf(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits[:, 0]
+        return hf(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).logits
     backbone = getattr(hf, hf.base_model_prefix)
-    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).last_hidden_state
     if pooling == "last":
         rows = torch.arange(hidden.size(0), device=hidden.device)
         pooled = hidden[rows, last_attended_index(attention_mask)]  # (N, H)
     else:
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (N, T, 1)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)  # (N, H)
-    return head(hf)(pooled.to(head(hf).weight.dtype))[:, 0]
+    weight = head(hf).weight
+    return head(hf)(pooled.to(weight.dtype if isinstance(weight, torch.Tensor) else torch.float32))
+
+
+def rewards(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, pooling: Pooling,
+            output: int = 0) -> torch.Tensor:
+    """THE reward readout: (N, T) ids and mask → (N,) rewards, column `output` of the head (see `logits`).
+
+    Every path that reads a reward calls this.
+    """
+    return logits(model, input_ids, attention_mask, pooling)[:, output]
 
 
 class RewardModel(nn.Module):
     """nn.Module face of `rewards`, so DDP/accelerate wrap one forward that returns (N,) rewards."""
 
-    def __init__(self, hf: nn.Module, pooling: Pooling):
+    def __init__(self, hf: nn.Module, pooling: Pooling, output: int = 0):
         super().__init__()
         self.hf = hf
         self.pooling = pooling
+        self.output = output
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return rewards(self.hf, input_ids, attention_mask, self.pooling)
+        return rewards(self.hf, input_ids, attention_mask, self.pooling, self.output)
 
 
 def distinct_pad(tokenizer: Any) -> None:
@@ -270,27 +244,88 @@ def save_model(model: nn.Module, tokenizer: Any, card: ModelCard, out_dir: str |
     return out
 
 
-def load_model(model_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
-    """(RewardModel in eval mode, tokenizer, card) from an rmkit model directory, full or LoRA."""
+def _plain_card(source: str, tokenizer: Any, trust_remote_code: bool, options: ImportOptions | None) -> ModelCard:
+    """The card of a folder or hub id without rmkit.json, by rmkit.card's reading rule (refusals before any weights)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    check_supported(config, source)
+    return infer_card(config, tokenizer, source, options)
+
+
+def _load_plain(source: str, dtype: torch.dtype, trust_remote_code: bool) -> nn.Module:
+    """A *ForSequenceClassification whose head comes from the checkpoint; a freshly made (random) head is refused."""
     from transformers import AutoModelForSequenceClassification
 
+    hf, info = AutoModelForSequenceClassification.from_pretrained(
+        source, dtype=dtype, trust_remote_code=trust_remote_code, output_loading_info=True
+    )
+    head_names = {n for n, _ in hf.named_parameters() if n.split(".")[0] in ("score", "classifier")}
+    fresh = sorted(set(info.get("missing_keys", [])) & head_names)
+    if fresh:
+        raise ValueError(f"{source} has no trained reward head ({', '.join(fresh)} missing from its weights; its "
+                         f"architecture is {', '.join(hf.config.architectures or ['unknown'])}): a random head would "
+                         "score noise. Give a *ForSequenceClassification reward model, or train one with `rmkit train`")
+    return hf
+
+
+def load_model(model_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+               tokenizer: str | None = None, trust_remote_code: bool = False, options: ImportOptions | None = None):
+    """(RewardModel in eval mode, tokenizer, card) from an rmkit model directory (full or LoRA), or from a plain HF
+    sequence-classification folder or hub id without rmkit.json, read by rmkit.card's rule (`options` fill what the
+    rule cannot infer). `tokenizer` is a separate tokenizer folder or hub id (default: the model's own)."""
+    source = str(model_dir)
     model_dir = Path(model_dir)
+    if not model_dir.exists() and (model_dir.is_absolute() or source.startswith(".") or source.count("/") > 1):
+        raise FileNotFoundError(f"{source}: no such model directory (nor a hub id such as org/name)")
+    tok = load_tokenizer(tokenizer or source, trust_remote_code)
+    if not (model_dir / CARD_FILE).exists():
+        card = _plain_card(source, tok, trust_remote_code, options)
+        hf = _load_plain(source, dtype, trust_remote_code)
+        return RewardModel(hf, card.pooling, card.reward_index).to(device).eval(), tok, card
     card = read_card(model_dir)
-    tokenizer = load_tokenizer(str(model_dir))
     adapter = model_dir / "adapter_config.json"
     if adapter.exists():
         from peft import PeftModel
+        from transformers import AutoModelForSequenceClassification
 
         base = json.loads(adapter.read_text())["base_model_name_or_path"]
         if not Path(base).exists():
             base = resolve(card.backbone)  # the folder moved to another machine: rebuild the alias there
         hf = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, dtype=dtype)
-        hf.config.pad_token_id = tokenizer.pad_token_id
+        hf.config.pad_token_id = tok.pad_token_id
         hf = PeftModel.from_pretrained(hf, model_dir)
     else:
-        hf = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=dtype)
-    model = RewardModel(hf, card.pooling).to(device).eval()
-    return model, tokenizer, card
+        hf = _load_plain(source, dtype, trust_remote_code)
+    model = RewardModel(hf, card.pooling, card.reward_index).to(device).eval()
+    return model, tok, card
+
+
+def quantize_int8(model: RewardModel) -> RewardModel:
+    """Dynamic int8 quantisation (CPU) of the backbone's Linear layers, in place; the reward head stays fp32.
+
+    Weights are stored as int8 and activations quantised per batch on the fly (torch.ao's quantize_dynamic): no
+    calibration data, about 4× smaller Linear weights. Measured speed and accuracy: benchmarks/bench_int8.py.
+    """
+    import warnings
+
+    from torch.ao.quantization import quantize_dynamic
+
+    hf = _hf(model.hf)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao deprecation notices: the API still works in the pinned torch
+        quantize_dynamic(getattr(hf, hf.base_model_prefix), {nn.Linear}, dtype=torch.qint8, inplace=True)
+    return model
+
+
+def import_model(source: str, out_dir: str | Path, options: ImportOptions | None = None, tokenizer: str | None = None,
+                 trust_remote_code: bool = False) -> Path:
+    """`rmkit import`: copy a plain HF reward model (folder or hub id) into an rmkit model directory with the
+    rmkit.json its reading rule gives (plus `options`), written once so every later step reads the same card."""
+    if (Path(source) / CARD_FILE).exists():
+        raise ValueError(f"{source} already has {CARD_FILE}: it is an rmkit model directory; use it as it is")
+    model, tok, card = load_model(source, "cpu", torch.float32, tokenizer, trust_remote_code, options)
+    return save_model(model, tok, card, out_dir)
 
 
 def merge_lora(model_dir: str | Path, out_dir: str | Path) -> Path:
@@ -299,4 +334,5 @@ def merge_lora(model_dir: str | Path, out_dir: str | Path) -> Path:
     if card.finetune != "lora":
         raise ValueError(f"{model_dir} is a full fine-tune (finetune='full' in {CARD_FILE}); there is no adapter to merge")
     merged = model.hf.merge_and_unload()
-    return save_model(RewardModel(merged, card.pooling), tokenizer, card.model_copy(update={"finetune": "full"}), out_dir)
+    full = card.model_copy(update={"finetune": "full"})
+    return save_model(RewardModel(merged, card.pooling, card.reward_index), tokenizer, full, out_dir)

@@ -1,10 +1,12 @@
 """read_rows: any container → (origin, row dict) pairs; knows nothing about preference formats or their keys. Also
 the project's one home for writing JSON files: write_jsonl and write_json (atomic), and MetricsLog (metrics.jsonl).
 
-Containers: .jsonl, .json, .csv, .parquet, a `datasets` save_to_disk folder, a `datasets.Dataset` or a list of dicts;
-the text formats may be gzip-compressed (.jsonl.gz, .json.gz, .csv.gz), read as a stream. Each row comes with its
-origin, "path:line" (1-based line for JSONL/CSV, 1-based row index for JSON/Parquet/datasets; "<memory>:i" in memory),
-so that every error can name where it is. Heavy readers (pyarrow, datasets) load on first use.
+Containers: .jsonl, .json, .csv, .parquet, a `datasets` save_to_disk folder, a `datasets.Dataset`, a list of dicts,
+or a `datasets.load_dataset` source: a hub name ("NAME" or "NAME:SPLIT", split 'train' by default) or a local folder
+of data files that save_to_disk did not write. The text formats may be gzip-compressed (.jsonl.gz, .json.gz, .csv.gz),
+read as a stream.
+Each row comes with its origin, "path:line" (1-based line for JSONL/CSV, 1-based row index for JSON/Parquet/datasets;
+"<memory>:i" in memory), so that every error can name where it is. Heavy readers (pyarrow, datasets) load on first use.
 """
 
 from __future__ import annotations
@@ -63,10 +65,16 @@ def rows_or_errors(source: Any) -> Iterator[tuple[str, dict | DataError]]:
     if not isinstance(source, str | Path):
         raise TypeError(f"source is a {type(source).__name__}; pass a path, a datasets.Dataset or a list of dicts.")
     path = Path(source)
+    if path.is_dir() and not any((path / f).exists() for f in SAVED_MARKERS):
+        return _hub_rows(str(source))  # a dataset folder of data files, read by datasets.load_dataset
     if path.is_dir():
         return _dataset_rows(str(source), None)
     if not path.exists():
-        raise DataError(f"{source}: no such file. Check the path.")
+        folder = str(source).rpartition(":")[0]
+        local = path.suffix.lower() in SUFFIXES or path.is_absolute() or str(source).startswith(".")
+        if local and not (folder and Path(folder).is_dir()):
+            raise DataError(f"{source}: no such file. Check the path.")
+        return _hub_rows(str(source))  # a hub name, or FOLDER:SPLIT
     suffix = "".join(path.suffixes[-2:]).lower() if path.suffix.lower() == ".gz" else path.suffix.lower()
     if suffix not in SUFFIXES:
         raise DataError(f"{source}: unsupported file type {suffix!r}. Supported: {', '.join(SUFFIXES)}, or a folder "
@@ -210,6 +218,27 @@ def _parquet_rows(path: Path) -> Iterator[tuple[str, dict | DataError]]:
         for row in batch.to_pylist():
             i += 1
             yield f"{path}:{i}", row
+
+
+SAVED_MARKERS = ("state.json", "dataset_info.json", "dataset_dict.json")  # what save_to_disk writes
+
+
+def _hub_rows(spec: str) -> Iterator[tuple[str, dict | DataError]]:
+    """Rows of `datasets.load_dataset(NAME, split=SPLIT)` for "NAME" or "NAME:SPLIT" (split 'train' by default):
+    a hub name (downloaded, or from the datasets cache when offline) or a local folder of data files."""
+    import datasets
+
+    name, _, split = spec.rpartition(":") if ":" in spec and not Path(spec).exists() else (spec, "", "train")
+    try:
+        dataset = datasets.load_dataset(name, split=split or "train")
+    except Exception as e:  # datasets raises many kinds (not found, offline, bad split): one DataError for all
+        if Path(spec).is_dir():
+            raise DataError(f"{spec}: a folder, but not one written by datasets' save_to_disk, nor one of data files "
+                            f"that datasets.load_dataset reads ({type(e).__name__}: {e}).") from e
+        raise DataError(f"{spec}: neither a file nor a loadable datasets name ({type(e).__name__}: {e}). Give a "
+                        f"{'/'.join(SUFFIXES)} file, a save_to_disk folder, or a datasets name as NAME or "
+                        "NAME:SPLIT.") from e
+    return _objects(f"{name}[{split or 'train'}]", enumerate(dataset, 1))
 
 
 def _dataset_rows(name: str, dataset: Any) -> Iterator[tuple[str, dict | DataError]]:

@@ -12,17 +12,35 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from rmkit.card import LoadOptions
+from rmkit.config import Precision
 from rmkit.encoding import Encoder, pad_sequences, render, token_budget_batches
 from rmkit.metrics import bt_probability
-from rmkit.model import ModelCard, RewardModel, load_model
+from rmkit.model import ModelCard, RewardModel, bf16_supported, load_model, logits, quantize_int8
 
 log = logging.getLogger(__name__)
+__all__ = ["LoadOptions", "Precision", "Scorer"]  # their homes: rmkit.card, rmkit.config
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.float32}
 
 
 def pick_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def torch_dtype(precision: Precision | torch.dtype, device: torch.device) -> torch.dtype:
+    """The dtype the weights load in: 'auto' → bf16 on a CUDA device that supports it, else fp32."""
+    if isinstance(precision, torch.dtype):
+        return precision
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" and bf16_supported() else torch.float32
+    if precision not in _DTYPES:
+        raise ValueError(f"dtype={precision!r}; choose one of auto, {', '.join(_DTYPES)}")
+    if precision == "int8" and device.type != "cpu":
+        raise ValueError(f"dtype='int8' is CPU scoring (dynamic quantisation); the device is {device}: use bf16 there")
+    return _DTYPES[precision]
 
 
 class Scorer:
@@ -49,9 +67,29 @@ class Scorer:
         self.device = next(model.parameters()).device
 
     @classmethod
-    def load(cls, model_dir: str | Path, device: str = "auto", dtype: torch.dtype = torch.float32, **kwargs: Any) -> Scorer:
-        model, tokenizer, card = load_model(model_dir, pick_device(device), dtype)
-        return cls(model, tokenizer, card, name=Path(model_dir).resolve().name, **kwargs)
+    def load(cls, model_dir: str | Path, device: str = "auto", dtype: Precision | torch.dtype = "fp32",
+             tokenizer: str | None = None, trust_remote_code: bool = False, **kwargs: Any) -> Scorer:
+        """A Scorer of an rmkit model directory, or of a plain HF reward model folder or hub id (rmkit.card's rule).
+
+        Args:
+            device: 'auto' (CUDA when present), 'cpu', 'cuda:1', ...
+            dtype: see Precision.
+            tokenizer: a separate tokenizer folder or hub id (default: the model's own).
+            trust_remote_code: run the model repository's own code (off unless asked).
+            kwargs: Scorer options (max_tokens, max_batch, progress).
+        """
+        where = pick_device(device)
+        model, tok, card = load_model(model_dir, where, torch_dtype(dtype, where), tokenizer, trust_remote_code)
+        if dtype == "int8":
+            quantize_int8(model)
+        name = Path(model_dir).resolve().name if Path(model_dir).exists() else str(model_dir).rstrip("/").split("/")[-1]
+        return cls(model, tok, card, name=name, **kwargs)
+
+    @classmethod
+    def from_options(cls, model_dir: str | Path, options: LoadOptions, progress: bool = False) -> Scorer:
+        o = options
+        return cls.load(model_dir, o.device, o.dtype, o.tokenizer, o.trust_remote_code, max_tokens=o.batch_tokens,
+                        max_batch=o.max_batch, progress=progress)
 
     def render(self, prompt: str | Sequence[dict], response: str | Sequence[dict]) -> str:
         return render(prompt, response, self.tokenizer, self.card.template)
@@ -68,15 +106,31 @@ class Scorer:
 
     def score_ids(self, ids: Sequence[Sequence[int]]) -> list[float]:
         """Rewards of token id lists: longest first, batched by the token budget, answered in input order."""
-        out = np.empty(len(ids), dtype=np.float64)
+        return self._forward(ids, self.model)[:, 0].tolist()
+
+    def score_attributes(self, prompts: Sequence[Any], responses: Sequence[Any]) -> dict[str, list[float]]:
+        """Every named output of a multi-output model (card.labels, from its id2label): {name: one value per pair}."""
+        if not self.card.labels:
+            raise ValueError(f"{self.name} has one output, the reward: use score()")
+        texts = [self.render(p, r) for p, r in zip(prompts, responses, strict=True)]
+        hf, pooling = self.model.hf, self.model.pooling
+        out = self._forward(self.encoder.encode(texts), lambda ids, mask: logits(hf, ids, mask, pooling))  # (N, L)
+        return {name: out[:, i].tolist() for i, name in enumerate(self.card.labels)}
+
+    def _forward(self, ids: Sequence[Sequence[int]], readout: Any) -> np.ndarray:
+        """(N, K) outputs of `readout(input_ids, mask)` ((b,) or (b, K)), longest first, in input order."""
+        out: np.ndarray | None = None
         batches = token_budget_batches([len(s) for s in ids], self.max_tokens, self.max_batch)
         pad = self.tokenizer.pad_token_id
         with torch.inference_mode():
             for batch in tqdm(batches, desc="scoring", unit="batch", disable=not self.progress):
                 input_ids, mask = pad_sequences([ids[i] for i in batch], pad)
-                rewards = self.model(input_ids.to(self.device), mask.to(self.device))  # (b,)
-                out[batch] = rewards.float().cpu().numpy()
-        return out.tolist()
+                values = readout(input_ids.to(self.device), mask.to(self.device)).float().cpu().numpy()
+                values = values.reshape(len(batch), -1)  # (b, K)
+                if out is None:
+                    out = np.empty((len(ids), values.shape[1]), dtype=np.float64)
+                out[batch] = values
+        return out if out is not None else np.zeros((0, 1))
 
     def score_pairs(self, pairs: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
         """(chosen rewards, rejected rewards) of PreferencePairs, in one scoring pass."""

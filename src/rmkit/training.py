@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -171,15 +172,18 @@ class Trainer:
         return self.out / "checkpoints"
 
 
-def train(cfg: TrainConfig) -> Path:
-    """Train a reward model as `cfg` says; returns the run directory (model/ inside is the trained model)."""
+def train(cfg: TrainConfig, sources: Sequence[Any] | None = None) -> Path:
+    """Train a reward model as `cfg` says; returns the run directory (model/ inside is the trained model).
+
+    `sources`: preference data read instead of cfg.data.paths, e.g. a `datasets.Dataset` already in memory (each
+    source is split by prompt hash like a file)."""
     tc, out, run_started = cfg.train, Path(cfg.train.out_dir), time.perf_counter()
     accelerator = make_accelerator(tc)
     set_seed(tc.seed)
     if accelerator.is_main_process:
         write_config(cfg, out)
     model, tokenizer, card = load_for_training(cfg.model, cfg.data.max_length, cfg.data.truncation)
-    data = load_data(cfg.data, tc, tokenizer, card)
+    data = load_data(cfg.data, tc, tokenizer, card, sources)
     plan = StepPlan([p.length for p in data.train], tc.batch_size * accelerator.num_processes,
                     accelerator.num_processes, tc.seed, tc.length_grouping, tc.grad_accum)
     total_steps = tc.max_steps or math.ceil(tc.epochs * plan.steps_per_epoch)
@@ -246,9 +250,11 @@ def make_accelerator(tc: TrainingConfig) -> Accelerator:
     return accelerator
 
 
-def load_data(cfg: DataConfig, tc: TrainingConfig, tokenizer: Any, card: ModelCard) -> TrainData:
-    """Read and split the pairs, encode train and validation, and refuse what cannot be trained."""
-    splits = load_splits(cfg, tc.seed)
+def load_data(cfg: DataConfig, tc: TrainingConfig, tokenizer: Any, card: ModelCard,
+              sources: Sequence[Any] | None = None) -> TrainData:
+    """Read and split the pairs (`sources` instead of cfg.paths when given), encode train and validation, and
+    refuse what cannot be trained."""
+    splits = load_splits(cfg, tc.seed, sources)
     encoder = Encoder(tokenizer, card.max_length, card.add_special_tokens, card.truncation)
     train_set, dropped = encode_pairs(splits["train"], encoder, card.template)
     val_set, val_dropped = encode_pairs(splits["val"], encoder, card.template)
