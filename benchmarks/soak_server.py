@@ -77,7 +77,7 @@ def body_for(kind: str, rng: random.Random, items: list[dict]) -> tuple[str, byt
                                         ("/get_reward", {"query": "not a list"}), ("/pooling", {"input": [1.5]}),
                                         ("/verify", {"response": {}})]),
         "too_many_items": ("/score", {"items": [pick[0]] * (MAX_ITEMS + 1)}),
-        "too_long_text": ("/score", {"items": [{"prompt": "x" * MAX_CHARS, "response": "y"}]}),
+        "too_long_text": ("/score", {"items": [{"prompt": "x" * (MAX_CHARS + 1), "response": "y"}]}),
         "too_large_body": ("/score", {"items": [{"prompt": "z" * MAX_BODY, "response": "y"}]}),
         "unknown_route": ("/no/such/route", {}),
     }

@@ -14,7 +14,7 @@ import rmkit
 SRC = Path(rmkit.__file__).parent
 LAYERS = [
     # 0 pure: arrays, tensors or JSON values in and out; no files, models or HTTP
-    {"loss", "metrics", "diagnostics", "shaping", "protocols", "gym", "rowshapes", "dialects"},
+    {"loss", "metrics", "diagnostics", "shaping", "contract", "protocols", "gym", "rowshapes", "dialects"},
     # 1 I/O: files, configs, tokenizers, checkpoints, the model
     {"rows", "config", "serveconfig", "data", "splits", "encoding", "backbones", "card", "model", "checkpoint", "moments",
      "sharding"},

@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from live_server import SlowEnsemble
 from rmkit.batcher import MicroBatcher
 from rmkit.config import ConfigError
+from rmkit.contract import ErrorBody
 from rmkit.ensemble import Ensemble
 from rmkit.scoring import Scorer
 from rmkit.server import ServeConfig, create_app, load_serve_config
@@ -39,6 +40,11 @@ def items(pairs=PAIRS):
     return [{"prompt": p, "response": r} for p, r in pairs]
 
 
+def error_text(response) -> str:
+    """The messages of an error answer, after checking it has the one error body shape."""
+    return " ".join(d.msg for d in ErrorBody.model_validate(response.json()).detail)
+
+
 def test_score_equals_the_library_score_for_prompt_response_and_messages(client, llama_scorer):
     expected = llama_scorer.score([p for p, _ in PAIRS], [r for _, r in PAIRS])
     chat = [{"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": r}]} for p, r in PAIRS]
@@ -47,6 +53,13 @@ def test_score_equals_the_library_score_for_prompt_response_and_messages(client,
         assert out["raw_rewards"] == pytest.approx(expected, abs=1e-5)
         assert out["rewards"] == pytest.approx(expected, abs=1e-5)  # normalize none, no clip
         assert out["member_rewards"] is None and out["passed"] is None
+
+
+def test_a_conversation_that_does_not_end_with_the_assistant_is_scored_with_an_empty_response(client, llama_scorer):
+    user = [{"role": "user", "content": "Name a prime."}]
+    out = client.post("/score", json={"items": [{"messages": user}]})
+    assert out.status_code == 200, out.text
+    assert out.json()["raw_rewards"] == pytest.approx(llama_scorer.score([user], [[]]), abs=1e-5)
 
 
 def test_batched_and_one_at_a_time_requests_get_the_same_scores(client):
@@ -99,7 +112,7 @@ def test_running_normalisation_merges_each_request_before_scaling(llama_scorer):
     ("/score", {"items": [{"prompt": "p"}]}),
     ("/score", {"items": [{"prompt": 1, "response": "r"}]}),
     ("/score", {"items": [{"prompt": "p", "response": "r", "extra": 1}]}),
-    ("/score", {"items": [{"messages": [{"role": "user", "content": "no answer"}]}]}),
+    ("/score", {"items": [{"messages": []}]}),
     ("/score", {"items": [{"messages": [{"role": "wizard", "content": "x"}, {"role": "assistant", "content": "y"}]}]}),
     ("/get_reward", {"query": "not a list"}),
     ("/get_reward", {"query": ["a", "b"], "prompts": ["a"]}),
@@ -118,8 +131,19 @@ def test_running_normalisation_merges_each_request_before_scaling(llama_scorer):
 def test_bad_requests_get_a_4xx_json_error_and_the_server_keeps_serving(client, path, body):
     response = client.post(path, json=body)
     assert 400 <= response.status_code < 500, response.text
-    assert "detail" in response.json()
+    assert error_text(response)
     assert client.post("/score", json={"items": items(PAIRS[:1])}).status_code == 200
+
+
+@pytest.mark.parametrize("path, raw", [
+    ("/verify", rb'{"responses_create_params": {"input": "x"}, "response": {"output": []}, "task": "\udbb1"}'),
+    ("/aggregate_metrics", rb'{"verify_responses": [{"reward": 1.0, "\udbb1": 2.0}]}'),
+    ("/score", rb'{"items": [{"prompt": "\udbb1", "response": "r"}]}'),
+])
+def test_a_lone_surrogate_escape_gets_422_not_a_500_when_echoed(client, path, raw):
+    response = client.post(path, content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert error_text(response)
 
 
 def test_malformed_json_gets_400(client):
@@ -131,7 +155,7 @@ def test_malformed_json_gets_400(client):
 def test_limits_on_body_items_and_text_get_clear_4xx(llama_scorer):
     with make_client([llama_scorer], max_body_bytes=4096, max_items=2, queue_size=8, max_text_chars=50) as c:
         big = c.post("/score", content=b"x" * 5000, headers={"content-type": "application/json"})
-        assert big.status_code == 413 and "max_body_bytes" in big.json()["detail"]
+        assert big.status_code == 413 and "max_body_bytes" in error_text(big)
 
         def chunks():
             yield b'{"items": ['
@@ -140,9 +164,9 @@ def test_limits_on_body_items_and_text_get_clear_4xx(llama_scorer):
         streamed = c.post("/score", content=chunks(), headers={"content-type": "application/json"})
         assert streamed.status_code == 413
         many = c.post("/score", json={"items": items()})
-        assert many.status_code == 422 and "max_items=2" in many.json()["detail"]
+        assert many.status_code == 422 and "max_items=2" in error_text(many)
         long = c.post("/get_reward", json={"query": ["x" * 51]})
-        assert long.status_code == 422 and "max_text_chars=50" in long.json()["detail"]
+        assert long.status_code == 422 and "max_text_chars=50" in error_text(long)
         assert c.post("/score", json={"items": items(PAIRS[:2])}).status_code == 200
 
 
@@ -182,13 +206,13 @@ def test_full_queue_gets_503_with_retry_after(llama_scorer):
     codes = sorted(r.status_code for r in results)
     assert 200 in codes and 503 in codes, codes
     refused = next(r for r in results if r.status_code == 503)
-    assert int(refused.headers["retry-after"]) >= 1 and "queue full" in refused.json()["detail"]
+    assert int(refused.headers["retry-after"]) >= 1 and "queue full" in error_text(refused)
 
 
 def test_request_past_its_deadline_gets_504_and_later_requests_still_work(llama_scorer):
     with make_client([llama_scorer], ensemble_cls=SlowEnsemble, request_timeout_s=0.05) as c:
         late = c.post("/score", json={"items": items()})
-        assert late.status_code == 504 and "request_timeout_s" in late.json()["detail"]
+        assert late.status_code == 504 and "request_timeout_s" in error_text(late)
         assert c.get("/health").json()["status"] == "ok"
 
 

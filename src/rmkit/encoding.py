@@ -77,7 +77,8 @@ def render(prompt: str | Sequence[dict], response: str | Sequence[dict], tokeniz
     """
     prompt_messages = to_messages(prompt)
     messages = prompt_messages + to_messages(response, role="assistant")
-    if template == "chat":
+    if template == "chat":  # an empty conversation is one empty assistant turn: chat templates refuse an empty list
+        messages = messages or [{"role": "assistant", "content": ""}]
         text = tokenizer.apply_chat_template(messages, tokenize=False)
     else:
         text = "\n\n".join(f"{_PLAIN_ROLES.get(m['role'], m['role'].title())}: {m['content']}" for m in messages)

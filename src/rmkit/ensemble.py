@@ -143,17 +143,20 @@ class RewardPath:
         tails = [t[len(p):] if p and t.startswith(p) else t for t, p in zip(texts, prompts, strict=True)]
         return _pack(per_member, self._response_tokens(tails))
 
+    @property
+    def vocab_size(self) -> int:
+        """Token ids every member accepts: 0..vocab_size-1 (the smallest tokenizer or embedding table)."""
+        return min(min(len(s.tokenizer), s.model.hf.get_input_embeddings().num_embeddings) for s in self.scorers)
+
     def encode_ids(self, ids: Sequence[Sequence[int]]) -> list[Encoded]:
         """Token ids given by the caller, passed to every member as they are (left-cut to max_length).
 
         Raises ValueError for an id outside a member's vocabulary, so one bad request never fails a shared batch.
         """
-        cut = self.max_length
-        for s in self.scorers:
-            vocab = min(len(s.tokenizer), s.model.hf.get_input_embeddings().num_embeddings)
-            bad = next((t for row in ids for t in row if not 0 <= t < vocab), None)
-            if bad is not None:
-                raise ValueError(f"token id {bad} is outside the vocabulary of {s.name} (0..{vocab - 1})")
+        cut, vocab = self.max_length, self.vocab_size
+        bad = next((t for row in ids for t in row if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise ValueError(f"token id {bad} is outside the vocabulary of {self.name} (0..{vocab - 1})")
         return _pack([[list(row[-cut:]) for row in ids] for _ in self.scorers], [len(row) for row in ids])
 
     def forward(self, encoded: Sequence[Encoded]) -> np.ndarray:

@@ -1,7 +1,8 @@
 """Gateway: the ASGI layer in front of every route (bearer auth, body-size limit, one log line per request without its
 body, request metrics) and Metrics, the few Prometheus series the server exports, written by hand.
 
-Knows ASGI messages and the Prometheus text format; knows nothing of models, routes or schemas.
+Knows ASGI messages, the Prometheus text format and the error body (rmkit.contract.error_body); knows nothing of
+models, routes or request schemas.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from rmkit.contract import error_body
 
 log = logging.getLogger("rmkit.server")
 
@@ -101,8 +104,9 @@ class Metrics:
         return "\n".join(lines) + "\n"
 
 
-async def send_json(send: Callable, status: int, detail: str, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
-    body = json.dumps({"detail": detail}).encode()
+async def send_json(send: Callable, status: int, msg: str, type_: str,
+                    headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+    body = json.dumps(error_body(msg, type_)).encode()
     head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]
     await send({"type": "http.response.start", "status": status, "headers": head})
     await send({"type": "http.response.body", "body": body})
@@ -138,18 +142,18 @@ class Gateway:
             items = int(scope.get("state", {}).get("items", 0))
             path = scope.get("path", "")
             log.info("%s %s %d items=%d %.1fms", scope.get("method"), path, status[0], items, seconds * 1000)
-            self.metrics.observe_request(path, status[0] or 500, seconds, items)
+            self.metrics.observe_request(path, status[0] or 499, seconds, items)  # nothing sent: the client left
 
     async def _guarded(self, scope: dict, receive: Callable, send: Callable) -> None:
         headers = dict(scope.get("headers") or [])
         public = scope.get("method") == "GET" and scope.get("path") in self.public
         if self.expected and not public and not hmac.compare_digest(headers.get(b"authorization", b""), self.expected):
             return await send_json(send, 401, "missing or wrong bearer token (send 'Authorization: Bearer <token>')",
-                                   [(b"www-authenticate", b"Bearer")])
+                                   "unauthorized", [(b"www-authenticate", b"Bearer")])
         too_large = f"request body over max_body_bytes={self.max_body_bytes}"
         declared = headers.get(b"content-length", b"0")
         if declared.isdigit() and int(declared) > self.max_body_bytes:
-            return await send_json(send, 413, too_large)
+            return await send_json(send, 413, too_large, "body_too_large")
         chunks, size, more = [], 0, True
         while more:
             message = await receive()
@@ -158,7 +162,7 @@ class Gateway:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:
-                return await send_json(send, 413, too_large)
+                return await send_json(send, 413, too_large, "body_too_large")
             chunks.append(chunk)
             more = message.get("more_body", False)
         replayed = False

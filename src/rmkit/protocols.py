@@ -6,12 +6,14 @@ nothing of models, queues or FastAPI.
 
 Extra-field policy per protocol: our /score forbids unknown keys (a typo is an error); NeMo Gym allows them (every
 field must be echoed back unchanged); the others ignore them, as their own servers do, so that a newer client version
-still works. Every list and text has a hard ceiling here (MAX_ITEMS, MAX_CHARS), so an absurd body is a 422, never a
-500; the server's configured limits (ServeConfig) can only be lower.
+still works. Requests are validated strictly (no "3" for 3, no 1 for true) and every rule JSON Schema can state is in
+the schema, so the OpenAPI document says exactly which bodies are accepted. Every list and text is bounded by the
+types of rmkit.contract (hard ceilings, lowered to the server's max_items and max_text_chars per request).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,26 +22,20 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from rmkit.contract import MAX_ITEMS, AtLeastMinusOne, Items, PositiveInt, RawText, Text, TokenIds
 from rmkit.metrics import bt_probability
-
-MAX_ITEMS = 4096
-"""Hard ceiling on items in one request, whatever the server's max_items."""
-MAX_CHARS = 1_000_000
-"""Hard ceiling on the characters of one text field, whatever the server's max_text_chars."""
-
-Text = Annotated[str, Field(max_length=MAX_CHARS)]
 
 
 class Forbid(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class Ignore(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class Allow(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
 
 # ---- rmkit /score -------------------------------------------------------------------------------------------------
@@ -54,43 +50,42 @@ class Message(Forbid):
     """What was said."""
 
 
-Conversation = Annotated[list[Message], Field(max_length=MAX_ITEMS)]
+Conversation = Annotated[list[Message], Field(max_length=MAX_ITEMS), Items]
 
 
-class ScoreItem(Forbid):
-    """One thing to score: `prompt` + `response` (each text or messages), or chat `messages` ending in the assistant."""
+def _dump(x: str | list[Message]) -> Any:
+    return x if isinstance(x, str) else [m.model_dump() for m in x]
 
-    prompt: Text | Conversation | None = None
+
+class PairItem(Forbid):
+    """One thing to score as `prompt` + `response`, each a text or chat messages."""
+
+    prompt: Text | Conversation
     """The prompt: text, or chat messages before the response."""
-    response: Text | Conversation | None = None
+    response: Text | Conversation
     """The response: text, or assistant message(s)."""
-    messages: Conversation | None = None
-    """A whole conversation whose last message is the assistant's response (instead of prompt + response)."""
-
-    @model_validator(mode="after")
-    def _one_form(self) -> ScoreItem:
-        pair = self.prompt is not None and self.response is not None
-        if self.messages is not None:
-            if self.prompt is not None or self.response is not None:
-                raise ValueError("give either 'messages' or 'prompt' + 'response', not both")
-            if not self.messages or self.messages[-1].role != "assistant":
-                raise ValueError("'messages' must be a non-empty list ending with an assistant message")
-        elif not pair:
-            raise ValueError("each item needs 'prompt' and 'response', or chat 'messages'")
-        return self
 
     def split(self) -> tuple[Any, Any]:
         """(prompt, response) ready for rendering."""
-        if self.messages is not None:
-            msgs = [m.model_dump() for m in self.messages]
-            return msgs[:-1], msgs[-1:]
-        dump = [p if isinstance(p, str) else [m.model_dump() for m in p] for p in (self.prompt, self.response)]
-        return dump[0], dump[1]
+        return _dump(self.prompt), _dump(self.response)
+
+
+class ChatItem(Forbid):
+    """One thing to score as a whole conversation."""
+
+    messages: Annotated[Conversation, Field(min_length=1)]
+    """The conversation; its last message, when it is the assistant's, is the response. A conversation that ends in
+    another role is scored as it stands with an empty response (as vLLM's chat form does)."""
+
+    def split(self) -> tuple[Any, Any]:
+        """(prompt, response) ready for rendering."""
+        msgs = _dump(self.messages)
+        return (msgs[:-1], msgs[-1:]) if msgs[-1]["role"] == "assistant" else (msgs, [])
 
 
 class ScoreRequest(Forbid):
-    items: list[ScoreItem] = Field(min_length=1, max_length=MAX_ITEMS)
-    """What to score, answered in the same order."""
+    items: Annotated[list[PairItem | ChatItem], Field(min_length=1, max_length=MAX_ITEMS), Items]
+    """What to score, answered in the same order: {"prompt", "response"} or {"messages"} items."""
 
 
 class ScoreResponse(Forbid):
@@ -130,11 +125,12 @@ class PlainScoreResponse(Forbid):
 
 
 class GetRewardRequest(Ignore):
-    query: list[Text] = Field(max_length=MAX_ITEMS)
+    query: Annotated[list[RawText], Field(max_length=MAX_ITEMS), Items]
     """Rendered prompt + response texts (the policy's template, special tokens included); may be empty."""
-    prompts: list[Text | None] | None = Field(None, max_length=MAX_ITEMS)
-    """The prompt part of each query; the rest counts as the response for length penalties."""
-    labels: list[Any] | None = Field(None, max_length=MAX_ITEMS)
+    prompts: Annotated[list[Text | None], Field(max_length=MAX_ITEMS), Items] | None = None
+    """The prompt part of each query, as many as queries (the one rule the schema cannot state: a different count is
+    a 422); the rest of each query counts as the response for length penalties."""
+    labels: Annotated[list[Any], Field(max_length=MAX_ITEMS), Items] | None = None
     """Dataset labels; accepted and unused."""
 
 
@@ -150,17 +146,47 @@ class GetRewardResponse(Forbid):
 # ---- NeMo Gym /verify ---------------------------------------------------------------------------------------------
 
 
+class GymPart(Allow):
+    """A typed part of a message's content; text, input_text, output_text and refusal parts are read."""
+
+    type: str = Field("text", max_length=64)
+    text: Text | None = None
+    refusal: Text | None = None
+
+
+class GymItem(Allow):
+    """A Responses API item (message, function_call, function_call_output, reasoning, ...), echoed as it came."""
+
+    content: Text | Annotated[list[GymPart], Field(max_length=MAX_ITEMS), Items] | None = None
+    """A message's content: a string, or typed parts."""
+
+
+GymItems = Annotated[list[GymItem], Field(max_length=MAX_ITEMS), Items]
+
+
 class GymCreateParams(Allow):
-    input: Text | Annotated[list[dict[str, Any]], Field(max_length=MAX_ITEMS)]
+    input: Text | GymItems
     """The prompt: a string, or Responses API input items (messages, function calls and outputs, reasoning)."""
 
 
 class GymResponse(Allow):
-    output: Annotated[list[dict[str, Any]], Field(max_length=MAX_ITEMS)] = []
+    output: GymItems = []
     """The policy's output items; the reward model reads message text and function calls."""
 
 
-class VerifyRequest(Allow):
+class Echoed(Allow):
+    """A body whose unknown fields come back in the answer: each must be encodable as JSON text."""
+
+    @model_validator(mode="after")
+    def _encodable(self) -> Echoed:
+        try:
+            json.dumps(self.model_dump(), ensure_ascii=False).encode()
+        except UnicodeEncodeError:  # a lone UTF-16 surrogate escape in some string or key
+            raise ValueError("a string in the body is not valid Unicode (a lone surrogate escape such as \\ud800)") from None
+        return self
+
+
+class VerifyRequest(Echoed):
     """A NeMo Gym BaseVerifyRequest; every field, unknown task fields included, is echoed back."""
 
     responses_create_params: GymCreateParams
@@ -171,7 +197,7 @@ class VerifyRequest(Allow):
     """This row's pass mark: the answer gets `passed` = reward ≥ reward_threshold (over the server's own threshold)."""
 
 
-class AggregateMetricsRequest(Allow):
+class AggregateMetricsRequest(Echoed):
     verify_responses: list[dict[str, Any]] = Field([], max_length=100 * MAX_ITEMS)
     """/verify answers, each with _ng_task_index and numeric fields such as reward."""
 
@@ -179,30 +205,53 @@ class AggregateMetricsRequest(Allow):
 # ---- vLLM /pooling, /classify; SGLang /classify; LLaMA-Factory ----------------------------------------------------
 
 
+class ContentPart(Ignore):
+    type: str = Field("text", max_length=64)
+    """'text', 'input_text', 'output_text' and 'refusal' parts are read; others (images, files) are skipped."""
+    text: Text | None = None
+    refusal: Text | None = None
+
+
 class ChatMessage(Ignore):
     role: str = Field(max_length=64)
     """Who speaks."""
-    content: Text | list[dict[str, Any]] | None = None
+    content: Text | Annotated[list[ContentPart], Field(max_length=MAX_ITEMS), Items] | None = None
     """A string, or OpenAI typed parts whose text parts are joined."""
+
+
+Texts = Annotated[list[RawText], Field(max_length=MAX_ITEMS), Items]
+TokenRows = Annotated[list[TokenIds], Field(max_length=MAX_ITEMS), Items]
+_FORMS = ("input", "messages", "text", "input_ids")
+
+
+def _engine_schema(schema: dict[str, Any]) -> None:
+    """State the cross-field rules in the JSON schema: exactly one non-null form; no 'normalize'; not both
+    add_generation_prompt and continue_final_message."""
+    schema["oneOf"] = [{"required": [k], "properties": {k: {"not": {"type": "null"}}}} for k in _FORMS]
+    both = {"required": ["add_generation_prompt", "continue_final_message"],
+            "properties": {"add_generation_prompt": {"const": True}, "continue_final_message": {"const": True}}}
+    schema["not"] = {"anyOf": [{"required": ["normalize"]}, both]}
 
 
 class EngineRequest(Ignore):
     """Fields common to vLLM's /pooling and /classify (completion form `input` or chat form `messages`) and SGLang's
-    /classify (`text` or `input_ids`)."""
+    /classify (`text` or `input_ids`): exactly one of the four forms."""
+
+    model_config = ConfigDict(json_schema_extra=_engine_schema)
 
     model: str | None = None
     """Ignored: the server scores with the model it serves."""
-    input: Text | list[Text] | list[int] | list[list[int]] | None = Field(None, max_length=MAX_ITEMS)
+    input: RawText | Texts | TokenIds | TokenRows | None = None
     """vLLM completion form: a text, texts, token ids, or lists of token ids."""
-    messages: Annotated[list[ChatMessage], Field(max_length=MAX_ITEMS)] | None = None
+    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=MAX_ITEMS), Items] | None = None
     """vLLM chat form: one conversation, rendered with the reward model's own template."""
-    text: Text | list[Text] | None = Field(None, max_length=MAX_ITEMS)
+    text: RawText | Texts | None = None
     """SGLang form: a rendered text or texts."""
-    input_ids: list[int] | list[list[int]] | None = Field(None, max_length=MAX_ITEMS)
+    input_ids: TokenIds | TokenRows | None = None
     """SGLang form: token ids instead of text."""
     add_special_tokens: bool | None = None
     """vLLM: add the tokenizer's special tokens (default true for input, false for messages)."""
-    truncate_prompt_tokens: int | None = Field(None, ge=-1)
+    truncate_prompt_tokens: AtLeastMinusOne | None = None
     """vLLM: keep only this many tokens (-1: the model's max length)."""
     truncation_side: Literal["left", "right"] = "left"
     """vLLM: 'left' keeps the last tokens, 'right' the first."""
@@ -237,9 +286,9 @@ class EngineRequest(Ignore):
 class ScoreEvaluationRequest(Ignore):
     model: str | None = None
     """Ignored: the server scores with the model it serves."""
-    messages: list[Text] = Field(max_length=MAX_ITEMS)
-    """Full texts to score (LLaMA-Factory renders them itself); an empty list is a 400."""
-    max_length: int | None = Field(None, gt=0)
+    messages: Annotated[list[RawText], Field(max_length=MAX_ITEMS, json_schema_extra={"minItems": 1}), Items]
+    """Full texts to score (LLaMA-Factory renders them itself); at least one: an empty list is a 400, as there."""
+    max_length: PositiveInt | None = None
     """Keep only the last max_length tokens of each text."""
 
 
@@ -306,26 +355,25 @@ class EngineInputs:
     texts: list[str] | None = None  # rendered texts, tokenised as they are
     ids: list[list[int]] | None = None  # token ids, passed to every member as they are
     add_special_tokens: bool | None = None  # None: each model card's own setting
-    sizes: tuple[int, ...] = ()  # characters (or tokens) per item, for the server's limits
 
 
 def engine_inputs(body: EngineRequest) -> EngineInputs:
     """Read a vLLM/SGLang request: chat `messages` become one (prompt, response) pair split at the last assistant
     turn; `input`/`text` become texts (vLLM adds special tokens by default, SGLang as the card says); token ids stay."""
     if body.messages is not None:
-        msgs = [{"role": m.role, "content": content_text(m.content, "messages")} for m in body.messages]
+        msgs = [{"role": m["role"], "content": content_text(m["content"], "messages")}
+                for m in body.model_dump(include={"messages"})["messages"]]
         pair = (msgs[:-1], msgs[-1:]) if msgs and msgs[-1]["role"] == "assistant" else (msgs, [])
-        return EngineInputs(pair=pair, sizes=(text_chars(msgs),))
+        return EngineInputs(pair=pair)
     data: Any = body.input if body.input is not None else (body.text if body.text is not None else body.input_ids)
     if isinstance(data, str) or (data and isinstance(data[0], int)):
         data = [data]
-    sizes = tuple(len(x) for x in data)
     if data and isinstance(data[0], list):
-        return EngineInputs(ids=data, sizes=sizes)
+        return EngineInputs(ids=data)
     if body.text is not None:  # SGLang: the caller rendered the text; tokenise as the card says
-        return EngineInputs(texts=data, sizes=sizes)
+        return EngineInputs(texts=data)
     special = True if body.add_special_tokens is None else body.add_special_tokens  # vLLM's default for input
-    return EngineInputs(texts=data, add_special_tokens=special, sizes=sizes)
+    return EngineInputs(texts=data, add_special_tokens=special)
 
 
 def _numeric_stats(rows: list[dict[str, Any]]) -> dict[str, float]:

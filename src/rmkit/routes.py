@@ -5,23 +5,28 @@
 Which number each route returns: the RL-trainer routes (/score, /get_reward, /verify, /v1/score/evaluation) return
 shaped rewards; the inference-engine routes (vLLM, SGLang) return the model's raw score, as those engines do (vLLM:
 sigmoid unless use_activation is false). Every route gets the RewardService through `Depends(get_service)`; wire
-formats come from rmkit.protocols. Knows nothing of models, queues or start-up.
+formats come from rmkit.protocols; each route lists the error statuses it can answer (rmkit.contract.documented), all
+with the one error body. Knows nothing of models, queues or start-up.
 """
 
 import time
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse
 
 from rmkit import protocols as P
+from rmkit.contract import ApiError, documented
 from rmkit.ensemble import Encoded
 from rmkit.gym import gym_prompt, gym_response
 from rmkit.service import RewardService, get_service, truncated
 
 Service = Annotated[RewardService, Depends(get_service)]
+SCORING = documented(400, 422, 500, 503, 504)
+"""What a route that scores can answer besides 200 (and 413, 401: every route, see server.create_app)."""
+POSTING = documented(400, 422)
 
 rmkit = APIRouter(tags=["rmkit"])
 openrlhf = APIRouter(tags=["OpenRLHF"])
@@ -39,18 +44,16 @@ async def prometheus(request: Request) -> str:
     return request.app.state.metrics.render()
 
 
-@rmkit.post("/score")
+@rmkit.post("/score", responses=SCORING)
 async def score(body: P.ScoreRequest | P.PlainScoreRequest, request: Request, service: Service
                 ) -> P.ScoreResponse | P.PlainScoreResponse:
     """rmkit's own API: shaped and raw rewards of prompt + response items (or chat messages); the plain
     {"prompt", "response"} body most FastAPI tutorials write gets {"score", "raw_score"}."""
     if isinstance(body, P.PlainScoreRequest):
-        prompt, response = P.ScoreItem(prompt=body.prompt, response=body.response).split()
-        service.check_limits([P.text_chars(prompt) + P.text_chars(response)])
+        prompt, response = P.PairItem(prompt=body.prompt, response=body.response).split()
         _, out = await service.run(request, lambda: service.backend.encode_pairs([prompt], [response]))
         return P.PlainScoreResponse(score=float(out.shaped[0]), raw_score=float(out.raw[0]))
     pairs = [item.split() for item in body.items]
-    service.check_limits([P.text_chars(p) + P.text_chars(r) for p, r in pairs])
     backend = service.backend
     _, out = await service.run(request, lambda: backend.encode_pairs([p for p, _ in pairs], [r for _, r in pairs]))
     ensemble = out.members is not None
@@ -63,14 +66,14 @@ async def score(body: P.ScoreRequest | P.PlainScoreRequest, request: Request, se
     )
 
 
-@openrlhf.post("/get_reward")
+@openrlhf.post("/get_reward", responses=SCORING)
 async def get_reward(body: P.GetRewardRequest, request: Request, service: Service) -> P.GetRewardResponse:
     """OpenRLHF remote reward model: shaped rewards of rendered query texts; empty lists give empty answers."""
     if not body.query:
         return P.GetRewardResponse(rewards=[], scores=[], extra_logs={})
     if body.prompts is not None and len(body.prompts) != len(body.query):
-        raise HTTPException(422, f"{len(body.prompts)} prompts for {len(body.query)} queries")
-    service.check_limits([len(q) for q in body.query])
+        raise ApiError(422, f"{len(body.prompts)} prompts for {len(body.query)} queries: send one prompt per query, "
+                       "or none", "prompts_mismatch")
     _, out = await service.run(request, lambda: service.backend.encode_texts(body.query, body.prompts))
     logs = {"raw_reward": out.raw.tolist()}
     if out.passed is not None:
@@ -78,16 +81,15 @@ async def get_reward(body: P.GetRewardRequest, request: Request, service: Servic
     return P.GetRewardResponse(rewards=out.shaped.tolist(), scores=out.shaped.tolist(), extra_logs=logs)
 
 
-@nemo_gym.post("/verify")
+@nemo_gym.post("/verify", responses=SCORING)
 async def verify(body: P.VerifyRequest, request: Request, service: Service) -> dict[str, Any]:
     """NeMo Gym: the request echoed back plus `reward` (and `reward_components` when a length penalty is on)."""
     echo = body.model_dump(exclude_unset=True)
     try:
-        prompt = gym_prompt(body.responses_create_params.input, "responses_create_params")
-        response = gym_response(body.response.output, "response")
+        prompt = gym_prompt(echo["responses_create_params"]["input"], "responses_create_params")
+        response = gym_response(echo["response"].get("output", []), "response")
     except ValueError as exc:
-        raise HTTPException(422, str(exc)) from None
-    service.check_limits([P.text_chars(prompt) + len(response)])
+        raise ApiError(422, str(exc), "unprocessable_input") from None
     _, out = await service.run(request, lambda: service.backend.encode_pairs([prompt], [response]))
     result = {**echo, **out.item(0)}
     if body.reward_threshold is not None:  # this row's own pass mark, over the server's
@@ -98,12 +100,12 @@ async def verify(body: P.VerifyRequest, request: Request, service: Service) -> d
     return result
 
 
-@nemo_gym.post("/seed_session")
+@nemo_gym.post("/seed_session", responses=POSTING)
 async def seed_session(body: dict[str, Any] | None = None) -> dict[str, Any]:
     return {}
 
 
-@nemo_gym.post("/aggregate_metrics")
+@nemo_gym.post("/aggregate_metrics", responses=POSTING)
 async def aggregate_metrics(body: P.AggregateMetricsRequest) -> dict[str, Any]:
     return await run_in_threadpool(P.aggregate, body.verify_responses)
 
@@ -117,7 +119,6 @@ async def engine_scores(body: P.EngineRequest, request: Request, service: Reward
                         ) -> tuple[list[Encoded], list[float]]:
     """Raw scores of a vLLM/SGLang request (sigmoid unless use_activation is false), after its truncation."""
     inputs, backend = P.engine_inputs(body), service.backend
-    service.check_limits(inputs.sizes)
     if inputs.pair is not None:
         encode = lambda: backend.encode_pairs([inputs.pair[0]], [inputs.pair[1]])  # noqa: E731
     elif inputs.ids is not None:
@@ -130,7 +131,7 @@ async def engine_scores(body: P.EngineRequest, request: Request, service: Reward
     return encoded, raw if body.use_activation is False else [P.sigmoid(x) for x in raw]
 
 
-@engines.post("/pooling")
+@engines.post("/pooling", responses=SCORING)
 async def pooling(body: P.EngineRequest, request: Request, service: Service) -> dict[str, Any]:
     """vLLM pooling API, task 'classify': one `data` item per input, sigmoid unless use_activation is false."""
     encoded, scores = await engine_scores(body, request, service)
@@ -139,7 +140,7 @@ async def pooling(body: P.EngineRequest, request: Request, service: Service) -> 
             "model": service.backend.name, "data": data, "usage": P.usage([len(e.ids[0]) for e in encoded])}
 
 
-@engines.post("/classify", response_model=None)
+@engines.post("/classify", response_model=None, responses=SCORING)
 async def classify(body: P.EngineRequest, request: Request, service: Service
                    ) -> dict[str, Any] | list[dict[str, Any]]:
     """vLLM /classify (`input` or `messages`), or SGLang /classify (`text`/`input_ids`; embedding = raw score)."""
@@ -164,12 +165,11 @@ async def models(service: Service) -> dict[str, Any]:
     return {"object": "list", "data": [card]}
 
 
-@engines.post("/v1/score/evaluation")
+@engines.post("/v1/score/evaluation", responses=SCORING)
 async def score_evaluation(body: P.ScoreEvaluationRequest, request: Request, service: Service) -> dict[str, Any]:
     """LLaMA-Factory reward API: shaped scores of full texts; an empty list is a 400, as there."""
     if not body.messages:
-        raise HTTPException(400, "Invalid request")
-    service.check_limits([len(t) for t in body.messages])
+        raise ApiError(400, "Invalid request: 'messages' is empty", "empty_messages")
     encode = truncated(lambda: service.backend.encode_texts(body.messages), body.max_length)
     _, out = await service.run(request, encode)
     return {"id": f"scoreval-{uuid.uuid4().hex}", "object": "score.evaluation", "model": service.backend.name,

@@ -12,8 +12,8 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, model_validator
 
 from rmkit.config import ConfigError, Precision, Strict, merge_mappings, parse_overrides, read_yaml_mapping, validate_config
+from rmkit.contract import MAX_CHARS, MAX_ITEMS
 from rmkit.dialects import DialectError, gym_to_serve, is_gym_config
-from rmkit.protocols import MAX_CHARS, MAX_ITEMS
 from rmkit.shaping import ShapingConfig
 
 
@@ -60,9 +60,10 @@ class ServeConfig(Strict):
     max_body_bytes: int = Field(16 * 2**20, ge=1024)
     """Largest request body in bytes; larger bodies get 413."""
     max_items: int = Field(1024, ge=1, le=MAX_ITEMS)
-    """Most items (texts or pairs) in one request; more get 422."""
+    """Most items in one list of a request (texts, pairs, messages of a conversation); more get 422."""
     max_text_chars: int = Field(100_000, ge=1, le=MAX_CHARS)
-    """Most characters in one item (prompt and response together); longer items get 422."""
+    """Most characters in one text field (a prompt, a response, a message's content, a query), or token ids in one
+    row; longer get 422. The OpenAPI document states both limits."""
     shutdown_timeout_s: float = Field(30.0, ge=0)
     """On SIGTERM/SIGINT, how long in-flight requests may take to finish before the process exits."""
     shaping: ShapingConfig = ShapingConfig()

@@ -1,9 +1,13 @@
-"""RewardService: what every reward route does, once: check the request against the server's limits, encode off the
-event loop, score through the MicroBatcher within the deadline, shape. RewardBackend is the shape of what it scores
-with (an ensemble.RewardPath, or a test fake). Routes receive the service through the FastAPI dependency
-`get_service`.
+"""RewardService: what every reward route does, once: encode off the event loop, score through the MicroBatcher
+within the deadline, shape. RewardBackend is the shape of what it scores with (an ensemble.RewardPath, or a test
+fake). Routes receive the service through the FastAPI dependency `get_service`. (Request limits are checked earlier,
+when the body is validated: rmkit.contract.)
 
-Knows FastAPI's HTTPException and the batcher; knows nothing of wire formats (rmkit.protocols) or model internals.
+Each request fails alone: a tokenizer refusing it is a 422, a full queue a 503, a forward that raised on it a 500, a
+passed deadline a 504 (rmkit.contract.ApiError); a client that hangs up (ClientGone) gets nothing. On a deadline or a
+hang-up the queued work is cancelled, so it never reaches a forward.
+
+Knows FastAPI's Request and the batcher; knows nothing of wire formats (rmkit.protocols) or model internals.
 """
 
 from __future__ import annotations
@@ -11,14 +15,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
-from fastapi import HTTPException, Request
+from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
 
-from rmkit.batcher import MicroBatcher
+from rmkit.batcher import MicroBatcher, QueueFull
+from rmkit.contract import ApiError
 from rmkit.ensemble import Encoded
 from rmkit.moments import save_moments
 from rmkit.shaping import RunningMoments, ShapedRewards, ShapingConfig
@@ -45,30 +49,17 @@ class RewardBackend(Protocol):
     def shape(self, raw: np.ndarray, encoded: Sequence[Encoded]) -> ShapedRewards: ...
 
 
-@dataclass(frozen=True)
-class Limits:
-    """The server's per-request limits (ServeConfig's max_items, max_text_chars, request_timeout_s)."""
-
-    max_items: int
-    max_text_chars: int
-    request_timeout_s: float
+class ClientGone(Exception):
+    """The client hung up before its answer was ready: nothing is sent; metrics count it as 499."""
 
 
 class RewardService:
-    """The encode → batch → shape path of every reward route, with the server's limits."""
+    """The encode → batch → shape path of every reward route, within request_timeout_s."""
 
-    def __init__(self, backend: RewardBackend, batcher: MicroBatcher, limits: Limits, stats_path: str | None = None):
-        self.backend, self.batcher, self.limits = backend, batcher, limits
+    def __init__(self, backend: RewardBackend, batcher: MicroBatcher, request_timeout_s: float,
+                 stats_path: str | None = None):
+        self.backend, self.batcher, self.request_timeout_s = backend, batcher, request_timeout_s
         self.stats_path = stats_path  # running statistics saved here after every request (ServeConfig.stats_path)
-
-    def check_limits(self, sizes: Sequence[int]) -> None:
-        """422 when a request has more items than max_items, or an item more characters than max_text_chars."""
-        lim = self.limits
-        if len(sizes) > lim.max_items:
-            raise HTTPException(422, f"too many items: {len(sizes)} > max_items={lim.max_items}; split the request")
-        for i, n in enumerate(sizes):
-            if n > lim.max_text_chars:
-                raise HTTPException(422, f"item {i} has {n} characters > max_text_chars={lim.max_text_chars}")
 
     async def run(self, request: Request, encode: Callable[[], list[Encoded]]) -> tuple[list[Encoded], ShapedRewards]:
         """Encode off the loop, score through the batcher within the deadline, shape; (encoded, ShapedRewards)."""
@@ -81,23 +72,53 @@ class RewardService:
         request.state.items = len(encoded)
         if not encoded:
             return encoded, self.backend.shape(np.zeros((0, len(self.backend.member_names))), encoded)
-        future = self.batcher.put(encoded, sum(e.tokens for e in encoded))  # no await since `incoming -= 1`
-        left = self.limits.request_timeout_s - (time.perf_counter() - started)
-        try:
-            rows = await asyncio.wait_for(future, max(left, 0.001))
-        except asyncio.TimeoutError:
-            raise HTTPException(504, f"not scored within request_timeout_s={self.limits.request_timeout_s}") from None
+        future = self._put(encoded)  # no await since `incoming -= 1`
+        rows = await self._scored(request, future, self.request_timeout_s - (time.perf_counter() - started))
         out = self.backend.shape(np.asarray(rows, dtype=np.float64), encoded)  # rows: (N, M)
         if self.stats_path is not None:  # after every update, so a crash loses at most the requests in flight
             await run_in_threadpool(save_moments, self.backend.running, self.stats_path)
         return encoded, out
+
+    def _put(self, encoded: list[Encoded]) -> asyncio.Future:
+        try:
+            return self.batcher.put(encoded, sum(e.tokens for e in encoded))
+        except QueueFull:
+            raise
+        except RuntimeError:  # the batcher is not running: starting up or draining for shutdown
+            raise ApiError(503, "the server is starting up or shutting down; retry", "unavailable",
+                           {"Retry-After": "1"}) from None
+
+    async def _scored(self, request: Request, future: asyncio.Future, left: float) -> list[Any]:
+        """The future's result, unless the deadline passes (504) or the client hangs up first (ClientGone); either
+        way the future is cancelled, so a request still queued never reaches a forward."""
+        gone = asyncio.ensure_future(_until_disconnected(request.receive))
+        try:
+            done, _ = await asyncio.wait({future, gone}, timeout=max(left, 0.001), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if future in done:
+            try:
+                return future.result()
+            except RuntimeError as exc:  # the batcher's answer for a forward that raised on this request alone
+                raise ApiError(500, str(exc), "forward_failed") from None
+        future.cancel()
+        if gone in done:
+            raise ClientGone()
+        raise ApiError(504, f"not scored within request_timeout_s={self.request_timeout_s}", "deadline_exceeded")
+
+
+async def _until_disconnected(receive: Callable) -> None:
+    """Return when the client hangs up (the body is already read, so the next message is the disconnect)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def _encode(fn: Callable[[], list[Encoded]]) -> list[Encoded]:
     try:
         return fn()
     except Exception as exc:  # a chat template or tokenizer refusing this input is the input's fault
-        raise HTTPException(422, f"cannot render or tokenise the input: {type(exc).__name__}: {exc}") from None
+        raise ApiError(422, f"cannot render or tokenise the input: {type(exc).__name__}: {exc}",
+                       "unprocessable_input") from None
 
 
 def get_service(request: Request) -> RewardService:
