@@ -12,13 +12,14 @@ agree on every bound.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 MAX_ITEMS = 4096
@@ -101,6 +102,20 @@ def served_schema(schema: dict[str, Any], limits: Limits) -> dict[str, Any]:
         return [walk(x) for x in node] if isinstance(node, list) else node
 
     return walk(schema)
+
+
+class Echoed(BaseModel):
+    """A body whose unknown fields come back in the answer (NeMo Gym): each string must be encodable as JSON text."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    @model_validator(mode="after")
+    def _encodable(self) -> Echoed:
+        try:
+            json.dumps(self.model_dump(), ensure_ascii=False).encode()
+        except UnicodeEncodeError:  # a lone UTF-16 surrogate escape in some string or key
+            raise ValueError("a string in the body is not valid Unicode (a lone surrogate escape such as \\ud800)") from None
+        return self
 
 
 # ---- the one error body --------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from rmkit.config import DEFAULT_DATA, load_config
+from rmkit.contract import Text, documented
 from rmkit.data import PreferencePair, read_pairs
 from rmkit.evaluation import dataset_names
 from rmkit.splits import load_splits
@@ -39,8 +40,8 @@ EXAMPLE_MAX_CHARS = 1500
 
 
 class TokensRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    texts: list[str] = Field(min_length=1, max_length=64)
+    model_config = ConfigDict(extra="forbid", strict=True)
+    texts: list[Text] = Field(min_length=1, max_length=64)
     """Answers to measure."""
 
 
@@ -129,7 +130,7 @@ def router(model_dirs: Sequence[str], example_files: Sequence[str] | None = None
                 "mean of the members' calibrated temperatures (an ensemble has no fitted temperature of its own)",
                 "length_tokenizer": members[0]["path"] or members[0]["name"]}
 
-    @api.post("/playground/tokens")
+    @api.post("/playground/tokens", responses=documented(400, 422))
     def tokens(body: TokensRequest, request: Request) -> dict[str, list[int]]:
         """Each text's length in tokens of the first member's tokenizer (the one length penalties use)."""
         tokenizer = request.app.state.service.backend.scorers[0].tokenizer

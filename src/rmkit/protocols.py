@@ -13,7 +13,6 @@ types of rmkit.contract (hard ceilings, lowered to the server's max_items and ma
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from rmkit.contract import MAX_ITEMS, AtLeastMinusOne, Items, PositiveInt, RawText, Text, TokenIds
+from rmkit.contract import MAX_ITEMS, AtLeastMinusOne, Echoed, Items, PositiveInt, RawText, Text, TokenIds
 from rmkit.metrics import bt_probability
 
 
@@ -172,18 +171,6 @@ class GymCreateParams(Allow):
 class GymResponse(Allow):
     output: GymItems = []
     """The policy's output items; the reward model reads message text and function calls."""
-
-
-class Echoed(Allow):
-    """A body whose unknown fields come back in the answer: each must be encodable as JSON text."""
-
-    @model_validator(mode="after")
-    def _encodable(self) -> Echoed:
-        try:
-            json.dumps(self.model_dump(), ensure_ascii=False).encode()
-        except UnicodeEncodeError:  # a lone UTF-16 surrogate escape in some string or key
-            raise ValueError("a string in the body is not valid Unicode (a lone surrogate escape such as \\ud800)") from None
-        return self
 
 
 class VerifyRequest(Echoed):
