@@ -70,20 +70,25 @@ def start(kind: str, model_dir: str, port: int, threads: int | None) -> subproce
         cmd = [sys.executable, __file__, "--serve-baseline", model_dir, "--port", str(port)]
         cmd += ["--threads", str(threads)] if threads else []
     env = {**os.environ, "PYTHONPATH": str(REPO / "benchmarks")}
+    return launch(cmd, port, f"{kind} server", env)
+
+
+def launch(cmd: list[str], port: int, name: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start a server process and wait (up to 180 s) until GET /health on `port` answers 200."""
     log = tempfile.TemporaryFile()  # a file, not a pipe: a full pipe would stall the server's log writes
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             log.seek(0)
-            raise RuntimeError(f"{kind} server exited: {log.read().decode()[-2000:]}")
+            raise RuntimeError(f"{name} exited: {log.read().decode()[-2000:]}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
                 return proc
         except httpx.HTTPError:
             time.sleep(0.2)
     proc.kill()
-    raise RuntimeError(f"{kind} server did not become healthy in 180 s")
+    raise RuntimeError(f"{name} did not become healthy in 180 s")
 
 
 def load_items(n: int) -> list[dict]:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from bench_server import free_port, load_items
+from bench_server import free_port, launch, load_items
 from common import write_result
 
 MAX_ITEMS, MAX_CHARS, MAX_BODY = 16, 4000, 65536  # the server's limits in this run (small: cheap to exceed)
@@ -187,20 +187,7 @@ def start_server(model_dir: str, port: int, threads: int) -> subprocess.Popen:
     overrides = [f"threads={threads}", f"max_items={MAX_ITEMS}", f"max_text_chars={MAX_CHARS}",
                  f"max_body_bytes={MAX_BODY}", "queue_size=4096"]
     cmd = [sys.executable, "-m", "rmkit", "serve", model_dir, *overrides, "--port", str(port)]
-    log = tempfile.TemporaryFile()  # a file, not a pipe: a full pipe would stall the server's log writes
-    proc = subprocess.Popen(cmd, stdout=log, stderr=log)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            log.seek(0)
-            raise RuntimeError(f"server exited: {log.read().decode()[-2000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("server did not become healthy in 180 s")
+    return launch(cmd, port, "server")
 
 
 def server_state(port: int) -> dict:

@@ -6,6 +6,7 @@ Both are built once per machine into the rmkit cache (seconds), then saved as rm
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -149,3 +150,18 @@ def hf_llama_dir(models_root) -> Path:
 def hf_roberta_dir(models_root) -> Path:
     """Plain transformers RoBERTa SeqCls folder (classifier head on <s>, positions after padding_idx), no rmkit.json."""
     return save_hf_model(models_root, "roberta")
+
+
+TRAIN_PAIRS = [
+    {"prompt": f"Question {i}: is {i} even?", "chosen": "Yes, it is." if i % 2 == 0 else "No, it is odd.",
+     "rejected": "I refuse to answer." if i % 3 else "banana banana banana"}
+    for i in range(16)
+]
+
+
+@pytest.fixture()
+def pairs_file(tmp_path) -> Path:
+    """16 tiny training pairs as JSONL (the training tests' data)."""
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in TRAIN_PAIRS))
+    return path

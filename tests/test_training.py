@@ -14,22 +14,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import TRAIN_PAIRS
 from rmkit.backbones import resolve
 from rmkit.config import load_config
 from rmkit.training import TrainingError, train
-
-PAIRS = [
-    {"prompt": f"Question {i}: is {i} even?", "chosen": "Yes, it is." if i % 2 == 0 else "No, it is odd.",
-     "rejected": "I refuse to answer." if i % 3 else "banana banana banana"}
-    for i in range(16)
-]
-
-
-@pytest.fixture()
-def pairs_file(tmp_path) -> Path:
-    path = tmp_path / "pairs.jsonl"
-    path.write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
-    return path
 
 
 def config(pairs_file: Path, out: Path, *extra: str):
@@ -136,7 +124,7 @@ def straight_run(tmp_path_factory) -> Path:
     threads = torch.get_num_threads()
     tmp = tmp_path_factory.mktemp("straight")
     pairs_file = tmp / "pairs.jsonl"
-    pairs_file.write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
+    pairs_file.write_text("".join(json.dumps(p) + "\n" for p in TRAIN_PAIRS))
     run = train(config(pairs_file, tmp / "run", *KILL_OVERRIDES))
     torch.set_num_threads(threads)
     return run
@@ -364,7 +352,7 @@ def test_soft_labels_keep_the_reward_gap_near_the_label_logit(tmp_path):
     """Sixteen separable pairs, each labelled P = 0.75: hard BT drives the gaps up without bound, soft BT towards
     logit(0.75) = ln 3 ≈ 1.1, so after the same training its mean gap is much smaller and still positive."""
     path = tmp_path / "soft.jsonl"
-    path.write_text("".join(json.dumps({**p, "judge_prob_chosen": 0.75}) + "\n" for p in PAIRS))
+    path.write_text("".join(json.dumps({**p, "judge_prob_chosen": 0.75}) + "\n" for p in TRAIN_PAIRS))
     common = ["train.epochs=12", "optim.lr=3e-3", "optim.schedule=constant"]
     hard = json.loads((train(config(path, tmp_path / "hard", *common)) / "metrics.jsonl").read_text().splitlines()[-1])
     soft_run = train(config(path, tmp_path / "soft", *common, "train.objective=soft_bradley_terry"))

@@ -21,19 +21,6 @@ from safetensors.torch import load_file
 from rmkit.config import OptimConfig, load_config
 from rmkit.training import build_optimizer, train
 
-PAIRS = [
-    {"prompt": f"Question {i}: is {i} even?", "chosen": "Yes, it is." if i % 2 == 0 else "No, it is odd.",
-     "rejected": "I refuse to answer." if i % 3 else "banana banana banana"}
-    for i in range(16)
-]
-
-
-@pytest.fixture()
-def pairs_file(tmp_path) -> Path:
-    path = tmp_path / "pairs.jsonl"
-    path.write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
-    return path
-
 
 @pytest.fixture(autouse=True)
 def one_thread():
