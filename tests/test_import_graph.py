@@ -14,12 +14,13 @@ import rmkit
 SRC = Path(rmkit.__file__).parent
 LAYERS = [
     # 0 pure: arrays, tensors or JSON values in and out; no files, models or HTTP
-    {"loss", "metrics", "diagnostics", "shaping", "protocols", "gym", "rowshapes", "dialects"},
+    {"loss", "metrics", "diagnostics", "shaping", "protocols", "gym", "rowshapes", "dialects", "rules"},
     # 1 I/O: files, configs, tokenizers, checkpoints, the model
-    {"rows", "config", "data", "splits", "encoding", "backbones", "model", "checkpoint", "moments"},
+    {"rows", "config", "data", "splits", "targets", "encoding", "backbones", "heads", "model", "checkpoint", "moments",
+     "objectives"},
     # 2 engine: scoring and what builds on it, the HTTP plumbing
     {"scoring", "ensemble", "calibration", "evaluation", "report", "selection", "batcher", "gateway", "client",
-     "service", "modelcard"},
+     "service", "modelcard", "composition"},
     # 3 edges: recipes, the server, the RL adapters
     {"training", "routes", "playground", "server", "rl", "rollouts", "grpo"},
     # 4 the command line

@@ -15,7 +15,7 @@ import torch
 
 from rmkit.protocols import to_messages as to_messages  # re-exported: callers import it from here
 
-Template = Literal["chat", "plain"]
+Template = Literal["chat", "plain", "sentence_pair"]
 _PLAIN_ROLES = {"system": "System", "developer": "System", "user": "User", "assistant": "Assistant", "tool": "Tool"}
 
 
@@ -24,11 +24,22 @@ def render(prompt: str | Sequence[dict], response: str | Sequence[dict], tokeniz
 
     'chat' applies the tokenizer's own chat template to prompt messages + the assistant response. 'plain' (for
     models without a template, such as BERT encoders) writes each turn as "Role: content", separated by blank lines:
-    "User: Name a prime.\\n\\nAssistant: 7". HH transcripts become real turns either way.
+    "User: Name a prime.\\n\\nAssistant: 7". 'sentence_pair' (encoders) puts the tokenizer's separator between
+    the plain prompt and the response text: "User: Name a prime. [SEP] 7", read as [CLS] prompt [SEP] response [SEP].
+    HH transcripts become real turns either way.
     """
+    if template == "sentence_pair":
+        if not getattr(tokenizer, "sep_token", None):
+            raise ValueError("template 'sentence_pair' needs a tokenizer with a separator token (an encoder such as BERT)")
+        answer = " ".join(m["content"] for m in to_messages(response, role="assistant"))
+        return f"{_plain(to_messages(prompt))} {tokenizer.sep_token} {answer}"
     messages = to_messages(prompt) + to_messages(response, role="assistant")
     if template == "chat":
         return tokenizer.apply_chat_template(messages, tokenize=False)
+    return _plain(messages)
+
+
+def _plain(messages: list[dict[str, str]]) -> str:
     return "\n\n".join(f"{_PLAIN_ROLES.get(m['role'], m['role'].title())}: {m['content']}" for m in messages)
 
 

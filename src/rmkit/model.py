@@ -1,4 +1,5 @@
-"""The reward model: backbone + scalar head, rewards() (THE readout), and the model directory with rmkit.json.
+"""The reward model: backbone + score head (one output, or N named objectives), readout()/rewards() (THE readout),
+and the model directory with rmkit.json. Custom heads and poolings come from rmkit.heads.
 
 Knows transformers and peft; knows nothing of data files, optimisers or HTTP.
 """
@@ -10,6 +11,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +23,16 @@ from rmkit import __version__
 from rmkit.backbones import ENCODER_TYPES, resolve
 from rmkit.config import ModelConfig
 from rmkit.encoding import Template, default_template
+from rmkit.heads import (
+    POOL_ATTR,
+    Activation,
+    Head,
+    attach,
+    head_attr,
+    load_custom_weights,
+    plain_transformers_equal,
+    set_backbone_dropout,
+)
 from rmkit.loss import last_attended_index as last_attended_index  # re-exported: callers import it from here
 from rmkit.rows import write_json
 
@@ -28,7 +40,7 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 CARD_FILE = "rmkit.json"
-Pooling = Literal["last", "mean", "cls"]
+Pooling = Literal["last", "mean", "cls", "attention"]
 
 
 class ModelCard(BaseModel):
@@ -46,7 +58,8 @@ class ModelCard(BaseModel):
     pooling: Pooling
     """Where the reward is read from the last hidden states."""
     template: Template
-    """'chat': the tokenizer's chat template; 'plain': rmkit's "Role: content" turns."""
+    """'chat': the tokenizer's chat template; 'plain': rmkit's "Role: content" turns; 'sentence_pair': prompt [SEP]
+    response."""
     add_special_tokens: bool
     """Whether the tokenizer adds its own special tokens ([CLS]/[SEP], BOS) around the rendered text."""
     max_length: int
@@ -60,6 +73,22 @@ class ModelCard(BaseModel):
     pairs (data.val_fraction=0)."""
     temperature: float = 1.0
     """Calibration temperature T of P(A preferred) = σ((r_A − r_B) / T)."""
+    head: Head = "linear"
+    """'linear' (transformers' own score head) or 'mlp' (rmkit.heads.mlp_head)."""
+    head_hidden: int | None = None
+    """Inner width of an MLP head (None: the backbone's hidden size)."""
+    head_activation: Activation = "relu"
+    """Activation of an MLP head."""
+    head_dropout: float = 0.1
+    """Dropout of an MLP head."""
+    objectives: list[str] = ["reward"]
+    """Names of the outputs, in order (the HF config's id2label says the same)."""
+    objective_weights: list[float] = [1.0]
+    """Default weighting: reward = Σ weight_i · output_i; normalisation statistics are of this reward."""
+    plain_transformers: bool = True
+    """Whether AutoModelForSequenceClassification alone gives rmkit's scores (logits[:, 0] for one output; for N
+    outputs, its logits are the objectives). False for MLP heads, mean/attention pooling and sentence_pair input:
+    load those with rmkit (rmkit.model.load_model, Scorer.load)."""
 
 
 def read_card(model_dir: str | Path) -> ModelCard:
@@ -101,46 +130,63 @@ def _hf(model: nn.Module) -> nn.Module:
 
 
 def head(hf: nn.Module) -> nn.Module:
-    for name in ("score", "classifier"):
-        if isinstance(getattr(hf, name, None), nn.Module):
-            return getattr(hf, name)
-    raise ValueError(f"{type(hf).__name__} has neither a 'score' nor a 'classifier' head")
+    return getattr(hf, head_attr(hf))
 
 
-def rewards(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
-    """THE reward readout: (N, T) ids and mask → (N,) rewards. Every path that reads a reward calls this.
+def readout(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
+    """THE readout: (N, T) ids and mask → (N, K) outputs of the score head (K = number of objectives).
 
     'last' reads the last attended token found from the mask (never from pad ids: SmolLM2 pads with its EOS), so
     left and right padding agree; position ids come from the mask for the same reason. 'cls' is the HF encoder
-    head as is (pooler + classifier on token 0). 'mean' averages the attended hidden states.
+    head as is (pooler + classifier on token 0). 'mean' averages the attended hidden states; 'attention' is the
+    learned masked weighting of rmkit.heads.AttentionPooling.
     """
     hf = _hf(model)
     if pooling == "cls" and not bool(attention_mask[:, 0].all()):
         input_ids, attention_mask = right_padded(input_ids, attention_mask)  # token 0 must be the real first token
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (N, T)
     if pooling == "cls":
-        return hf(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits[:, 0]
+        return hf(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
     backbone = getattr(hf, hf.base_model_prefix)
     hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
     if pooling == "last":
         rows = torch.arange(hidden.size(0), device=hidden.device)
         pooled = hidden[rows, last_attended_index(attention_mask)]  # (N, H)
+    elif pooling == "attention":
+        pooled = getattr(hf, POOL_ATTR)(hidden, attention_mask)  # (N, H)
     else:
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (N, T, 1)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)  # (N, H)
-    return head(hf)(pooled.to(head(hf).weight.dtype))[:, 0]
+    score_head = head(hf)
+    return score_head(pooled.to(next(score_head.parameters()).dtype))  # (N, K)
+
+
+def rewards(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, pooling: Pooling,
+            weights: torch.Tensor | None = None) -> torch.Tensor:
+    """(N,) rewards: the single output, or Σ_k weights[k] · output_k for a multi-objective head."""
+    out = readout(model, input_ids, attention_mask, pooling)  # (N, K)
+    if out.size(1) == 1:
+        return out[:, 0]
+    if weights is None:
+        raise ValueError(f"a model with {out.size(1)} objectives needs objective weights to give one reward")
+    return out @ weights.to(out.dtype)
 
 
 class RewardModel(nn.Module):
-    """nn.Module face of `rewards`, so DDP/accelerate wrap one forward that returns (N,) rewards."""
+    """nn.Module face of `rewards`, so DDP/accelerate wrap one forward that returns (N,) rewards; `objectives()`
+    gives the (N, K) per-objective outputs. `weights` is the default weighting of the objectives."""
 
-    def __init__(self, hf: nn.Module, pooling: Pooling):
+    def __init__(self, hf: nn.Module, pooling: Pooling, weights: Sequence[float] = (1.0,)):
         super().__init__()
         self.hf = hf
         self.pooling = pooling
+        self.register_buffer("weights", torch.tensor(list(weights), dtype=torch.float32), persistent=False)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return rewards(self.hf, input_ids, attention_mask, self.pooling)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, per_objective: bool = False) -> torch.Tensor:
+        """(N,) rewards, or with per_objective the (N, K) outputs (through forward, so DDP sees the call)."""
+        if per_objective:
+            return readout(self.hf, input_ids, attention_mask, self.pooling)
+        return rewards(self.hf, input_ids, attention_mask, self.pooling, self.weights)
 
 
 def distinct_pad(tokenizer: Any) -> None:
@@ -189,38 +235,72 @@ def freeze_lower_layers(hf: nn.Module, n: int) -> None:
         module.requires_grad_(False)
 
 
+def name_outputs(config: Any, objectives: Sequence[str]) -> None:
+    """num_labels = N and id2label/label2id naming the objectives, so plain transformers sees them too."""
+    config.num_labels = len(objectives)
+    config.id2label = dict(enumerate(objectives))
+    config.label2id = {name: i for i, name in enumerate(objectives)}
+
+
+def _check_choices(cfg: ModelConfig, encoder: bool, pooling: str) -> tuple[list[float], Template | None]:
+    """The default objective weights and the template the config asks for, or a clear error."""
+    if pooling == "cls" and not encoder:
+        raise ValueError("model.pooling='cls' reads token 0, which a decoder has not attended yet; use 'last'")
+    if cfg.template == "sentence_pair" and not encoder:
+        raise ValueError("model.template='sentence_pair' is for encoders ([CLS] prompt [SEP] response); use 'chat'")
+    n = len(cfg.objectives)
+    if len(set(cfg.objectives)) != n:
+        raise ValueError(f"model.objectives has repeated names: {cfg.objectives}")
+    weights = cfg.objective_weights or [1.0 / n] * n
+    if len(weights) != n:
+        raise ValueError(f"model.objective_weights has {len(weights)} weights for {n} objectives {cfg.objectives}")
+    return weights, None if cfg.template == "auto" else cfg.template
+
+
 def load_for_training(cfg: ModelConfig, max_length: int) -> tuple[RewardModel, Any, ModelCard]:
-    """Backbone + fresh scalar head (or LoRA adapter + head), its tokenizer, and the card it will be saved with."""
-    from transformers import AutoModelForSequenceClassification
+    """Backbone + fresh score head (or LoRA adapter + head), its tokenizer, and the card it will be saved with."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
     path = resolve(cfg.path)
     tokenizer = load_tokenizer(path, cfg.trust_remote_code, cfg.revision)
+    hf_config = AutoConfig.from_pretrained(path, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision)
+    name_outputs(hf_config, cfg.objectives)
+    set_backbone_dropout(hf_config, cfg.backbone_dropout)
+    if hasattr(hf_config, "classifier_dropout"):
+        hf_config.classifier_dropout = cfg.head_dropout
     hf = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=1, dtype=torch.float32, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision
+        path, config=hf_config, dtype=torch.float32, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision,
+        ignore_mismatched_sizes=True,  # a backbone saved with another number of outputs gets a fresh head
     )
     hf.config.pad_token_id = tokenizer.pad_token_id
     encoder = is_encoder(hf.config)
     pooling = cfg.pooling if cfg.pooling != "auto" else ("cls" if encoder else "last")
-    if pooling == "cls" and not encoder:
-        raise ValueError(f"model.pooling='cls' reads token 0, which a decoder ({hf.config.model_type}) has not attended yet; use 'last'")
+    weights, template = _check_choices(cfg, encoder, pooling)
+    template = template or default_template(tokenizer)
+    attach(hf, pooling, cfg.head, cfg.head_hidden, cfg.head_activation, cfg.head_dropout)
+    pooler = getattr(getattr(hf, hf.base_model_prefix), "pooler", None)
+    if pooling != "cls" and isinstance(pooler, nn.Module):
+        pooler.requires_grad_(False)  # an encoder's pooler reads token 0 only for 'cls'; elsewhere it gets no gradient
     freeze_lower_layers(hf, cfg.freeze_layers)
     if cfg.gradient_checkpointing:
         hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.finetune == "lora":
         from peft import LoraConfig, get_peft_model
 
-        head_name = "score" if hasattr(hf, "score") else "classifier"
+        saved = [head_attr(hf)] + ([POOL_ATTR] if pooling == "attention" else [])
         lora = LoraConfig(
             task_type="SEQ_CLS", r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-            target_modules=cfg.lora.target_modules, modules_to_save=[head_name],
+            target_modules=cfg.lora.target_modules, modules_to_save=saved,
         )
         hf = get_peft_model(hf, lora)
-    template = default_template(tokenizer)
     card = ModelCard(
         backbone=cfg.path, finetune=cfg.finetune, pooling=pooling, template=template,
-        add_special_tokens=template == "plain", max_length=max_length,
+        add_special_tokens=template != "chat", max_length=max_length, head=cfg.head, head_hidden=cfg.head_hidden,
+        head_activation=cfg.head_activation, head_dropout=cfg.head_dropout, objectives=list(cfg.objectives),
+        objective_weights=weights,
+        plain_transformers=plain_transformers_equal(encoder, pooling, cfg.head) and template != "sentence_pair",
     )
-    return RewardModel(hf, pooling), tokenizer, card
+    return RewardModel(hf, pooling, weights), tokenizer, card
 
 
 def _atomic_dir(target: Path):
@@ -266,26 +346,44 @@ def save_model(model: nn.Module, tokenizer: Any, card: ModelCard, out_dir: str |
     return out
 
 
+def _attach_saved(hf: nn.Module, card: ModelCard) -> nn.Module:
+    """Rebuild an MLP head / attention pooling from the card (random), for the saved weights to be loaded into."""
+    return attach(hf, card.pooling, card.head, card.head_hidden, card.head_activation, card.head_dropout)
+
+
 def load_model(model_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
-    """(RewardModel in eval mode, tokenizer, card) from an rmkit model directory, full or LoRA."""
-    from transformers import AutoModelForSequenceClassification
+    """(RewardModel in eval mode, tokenizer, card) from an rmkit model directory, full or LoRA, any head."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
 
     model_dir = Path(model_dir)
     card = read_card(model_dir)
     tokenizer = load_tokenizer(str(model_dir))
     adapter = model_dir / "adapter_config.json"
+    custom = card.head != "linear" or card.pooling == "attention"
     if adapter.exists():
         from peft import PeftModel
 
         base = json.loads(adapter.read_text())["base_model_name_or_path"]
         if not Path(base).exists():
             base = resolve(card.backbone)  # the folder moved to another machine: rebuild the alias there
-        hf = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, dtype=dtype)
+        config = AutoConfig.from_pretrained(base)
+        name_outputs(config, card.objectives)
+        hf = AutoModelForSequenceClassification.from_pretrained(base, config=config, dtype=dtype,
+                                                                ignore_mismatched_sizes=True)
         hf.config.pad_token_id = tokenizer.pad_token_id
-        hf = PeftModel.from_pretrained(hf, model_dir)
+        hf = PeftModel.from_pretrained(_attach_saved(hf, card).to(dtype), model_dir)
     else:
-        hf = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=dtype)
-    model = RewardModel(hf, card.pooling).to(device).eval()
+        verbosity = hf_logging.get_verbosity()
+        if custom:  # transformers would warn that the custom weights are unused and its own head is random
+            hf_logging.set_verbosity_error()
+        try:
+            hf = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=dtype)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        if custom:
+            load_custom_weights(_attach_saved(hf, card).to(dtype), model_dir, card.head, card.pooling)
+    model = RewardModel(hf, card.pooling, card.objective_weights).to(device).eval()
     return model, tokenizer, card
 
 
@@ -295,4 +393,5 @@ def merge_lora(model_dir: str | Path, out_dir: str | Path) -> Path:
     if card.finetune != "lora":
         raise ValueError(f"{model_dir} is a full fine-tune (finetune='full' in {CARD_FILE}); there is no adapter to merge")
     merged = model.hf.merge_and_unload()
-    return save_model(RewardModel(merged, card.pooling), tokenizer, card.model_copy(update={"finetune": "full"}), out_dir)
+    merged_model = RewardModel(merged, card.pooling, card.objective_weights)
+    return save_model(merged_model, tokenizer, card.model_copy(update={"finetune": "full"}), out_dir)

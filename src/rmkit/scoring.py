@@ -67,16 +67,24 @@ class Scorer:
         return self.score_ids(self.encoder.encode(texts)) if texts else []
 
     def score_ids(self, ids: Sequence[Sequence[int]]) -> list[float]:
-        """Rewards of token id lists: longest first, batched by the token budget, answered in input order."""
-        out = np.empty(len(ids), dtype=np.float64)
+        """Rewards of token id lists: longest first, batched by the token budget, answered in input order. A
+        multi-objective model's reward is its saved weighting of the objectives (rmkit.json objective_weights)."""
+        return self._forward(ids, per_objective=False)[:, 0].tolist()
+
+    def score_objectives_ids(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
+        """(N, K) per-objective outputs of token id lists (K = len(card.objectives)), in input order."""
+        return self._forward(ids, per_objective=True)
+
+    def _forward(self, ids: Sequence[Sequence[int]], per_objective: bool) -> np.ndarray:
+        out = np.empty((len(ids), len(self.card.objectives) if per_objective else 1), dtype=np.float64)
         batches = token_budget_batches([len(s) for s in ids], self.max_tokens, self.max_batch)
         pad = self.tokenizer.pad_token_id
         with torch.inference_mode():
             for batch in tqdm(batches, desc="scoring", unit="batch", disable=not self.progress):
                 input_ids, mask = pad_sequences([ids[i] for i in batch], pad)
-                rewards = self.model(input_ids.to(self.device), mask.to(self.device))  # (b,)
-                out[batch] = rewards.float().cpu().numpy()
-        return out.tolist()
+                rewards = self.model(input_ids.to(self.device), mask.to(self.device), per_objective=per_objective)
+                out[batch] = rewards.float().cpu().numpy().reshape(len(batch), -1)  # (b, K) or (b, 1)
+        return out
 
     def score_pairs(self, pairs: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
         """(chosen rewards, rejected rewards) of PreferencePairs, in one scoring pass."""
