@@ -48,30 +48,23 @@ class ModelConfig(Strict):
     lora: LoraConfig = LoraConfig()
     """LoRA settings, used when finetune is 'lora'."""
     pooling: Literal["auto", "last", "mean", "cls", "attention"] = "auto"
-    """Where the reward is read: 'last' attended token (decoders), 'cls' first token (encoders), 'mean' of attended
-    tokens, 'attention' a learned masked attention over token states; 'auto' picks 'cls' for encoders and 'last' for
-    decoders. Only the 'auto' choices load in plain transformers with equal scores (see rmkit.json's
-    plain_transformers)."""
+    """Reward read at: 'last' attended token, 'cls', 'mean', 'attention' (learned); 'auto': cls (encoders), last."""
     head: Literal["linear", "mlp"] = "linear"
     """Score head: 'linear' (transformers' own), or 'mlp': Linear → activation → Dropout(head_dropout) → Linear."""
     head_hidden: int | None = Field(None, ge=1)
-    """Inner width of the MLP head; default: the backbone's hidden size."""
+    """Inner width of the MLP head (default: the backbone's hidden size)."""
     head_activation: Literal["relu", "gelu", "tanh"] = "relu"
     """Activation inside the MLP head."""
     head_dropout: float = Field(0.1, ge=0.0, lt=1.0)
     """Dropout inside the MLP head (and before an encoder's linear classifier)."""
     backbone_dropout: float | None = Field(None, ge=0.0, lt=1.0)
-    """Set every dropout probability of the backbone config (hidden, attention) to this; default: the backbone's."""
+    """Every dropout probability of the backbone config (hidden, attention); default: the backbone's own."""
     template: Literal["auto", "chat", "plain", "sentence_pair"] = "auto"
-    """How (prompt, response) becomes text: 'chat' the tokenizer's chat template, 'plain' "Role: content" turns,
-    'sentence_pair' (encoders) [CLS] prompt [SEP] response [SEP]; 'auto' is 'chat' when the tokenizer has a template,
-    else 'plain'."""
+    """'chat', 'plain' (Role: text), 'sentence_pair' ([CLS] prompt [SEP] response); 'auto': chat if the tokenizer can."""
     objectives: list[str] = Field(default_factory=lambda: ["reward"], min_length=1)
-    """Names of the model's outputs. More than one makes a multi-objective model (num_labels = N, id2label naming
-    them); each objective learns from its own pair files (data.objective_of) or its own rating key."""
+    """Output names; N > 1: multi-objective (num_labels=N, id2label), trained by data.objective_of or rating keys."""
     objective_weights: list[float] | None = None
-    """Default reward = Σ weight_i · score_i over objectives (saved in rmkit.json; serving may override it);
-    default: equal weights 1/N."""
+    """Default reward = Σ weight_i · score_i (saved in rmkit.json; serving may override it); default 1/N each."""
     freeze_layers: int = Field(0, ge=0)
     """Freeze the embeddings and the lowest N transformer layers (0 = freeze nothing)."""
     gradient_checkpointing: bool = False
@@ -147,10 +140,9 @@ class DataConfig(Strict):
     max_train_pairs: int | None = None
     """Use only the first N training pairs (after splitting and balancing), for quick runs."""
     ratings_paths: list[str] = []
-    """Ratings files (prompt, response, score, or HelpSteer2-style one column per objective) trained by regression
-    beside the pairs (train.ratings_weight); with train.objective='regression' they are the only training data."""
+    """Ratings files (prompt, response, score or one column per objective), regression beside the pairs."""
     objective_of: list[str] | None = None
-    """Multi-objective models: the objective each file in `paths` labels (one name per file); default: the first."""
+    """Multi-objective models: the objective each file in `paths` labels; default: the first."""
 
 
     def column_keys(self) -> dict[str, str]:
@@ -194,18 +186,16 @@ class TrainingConfig(Strict):
     length_grouping: bool = True
     """Batch pairs of similar length together to cut padding (shuffled in groups, so still random)."""
     objective: Literal["bradley_terry", "hinge", "plackett_luce", "regression"] = "bradley_terry"
-    """The loss on preference data: 'bradley_terry' −log σ(Δ − margin); 'hinge' max(0, m − Δ) with m = hinge_margin
-    or the row's margin; 'plackett_luce' listwise over ranked rows (K > 2 kept as one list; pairs are lists of two);
-    'regression' trains on data.ratings_paths only (MSE or Huber; pair files in data.paths then serve validation and
-    test only) and validates on pairs formed from the ratings."""
+    """'bradley_terry'; 'hinge' max(0, m − Δ); 'plackett_luce' over ranked rows; 'regression' on data.ratings_paths
+    only (data.paths then serve validation and test only)."""
     hinge_margin: float = Field(1.0, gt=0.0)
-    """Required gap m of the hinge objective, for rows without their own margin."""
+    """Hinge gap m for rows without their own margin."""
     regression_loss: Literal["mse", "huber"] = "mse"
     """Loss on ratings: mean squared error or Huber (quadratic within ±huber_delta)."""
     huber_delta: float = Field(1.0, gt=0.0)
     """Threshold of the Huber loss."""
     pairs_weight: float = Field(1.0, gt=0.0)
-    """Weight of the loss on a batch of pairs (or ranked lists) when ratings are mixed in."""
+    """Weight of the loss on a batch of pairs or ranked lists."""
     ratings_weight: float = Field(1.0, gt=0.0)
     """Weight of the loss on a batch of ratings."""
     center_coef: float = Field(0.0, ge=0.0)

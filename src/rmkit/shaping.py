@@ -60,25 +60,21 @@ class ShapingConfig(BaseModel):
     reward_threshold: float | None = None
     """If set, each reward also gets a pass flag: final shaped reward ≥ threshold."""
     ensemble: Ensemble = "mean"
-    """How member scores of an ensemble (an (M, N) matrix) are combined: 'mean', 'min', 'mean_minus_std' or
-    'weighted' (Σ w_m r_m / Σ w_m with member_weights)."""
+    """Member scores (M, N) combined by 'mean', 'min', 'mean_minus_std' or 'weighted' (Σ w_m r_m / Σ w_m)."""
     ensemble_k: float = Field(1.0, ge=0)
     """k in mean − k·std for ensemble='mean_minus_std' (std is the population std over members)."""
     member_weights: list[float] | None = None
     """ensemble='weighted': one non-negative weight per model directory, in order."""
     objective_weights: dict[str, float] | None = None
-    """Multi-objective models: reward = Σ weight · objective score, overriding the weights saved in rmkit.json
-    (objectives left out get 0); changes the reward at serve time without retraining. Normalisation still uses the
-    stored statistics, which were measured under the saved weights."""
+    """Multi-objective models: Σ weight · objective score, overriding rmkit.json's weights (missing names: 0); the
+    stored normalisation statistics were measured under the saved weights."""
     objective_gates: dict[str, float] = {}
-    """Multi-objective models: objective name → threshold; an item scoring below it on that objective gets
-    objective_gate_value as its model reward instead of the weighted sum."""
+    """Objective name → threshold: below it, the model reward is objective_gate_value instead of the weighted sum."""
     objective_gate_value: float = 0.0
     """The model reward (raw units, before normalisation) of an item that fails an objective gate."""
     rules: list[RuleTerm] = []
-    """Named rule terms added to the shaped learned reward, each reported as a reward component (rmkit.rules):
-    length, regex (format), keyword (refusal) and classifier (another model directory or served URL, as a penalty
-    or a gate)."""
+    """Named terms added to the shaped reward, each a reward component (rmkit.rules): length, regex, keyword, and
+    classifier (another model directory or served URL, as a penalty or a gate)."""
 
     @model_validator(mode="after")
     def _no_ignored_fields(self) -> ShapingConfig:
@@ -101,8 +97,7 @@ class ShapingConfig(BaseModel):
                 shown = " or ".join(repr(v) for v in allowed)
                 raise ValueError(f"{name}={getattr(self, name)!r} only applies with {switch}={shown} "
                                  f"(got {switch}={getattr(self, switch)!r}); set {switch} or drop {name}.")
-        if self.ensemble == "weighted" and (not self.member_weights or min(self.member_weights) < 0
-                                            or sum(self.member_weights) <= 0):
+        if self.ensemble == "weighted" and (not self.member_weights or min(self.member_weights) < 0 or sum(self.member_weights) <= 0):
             raise ValueError("ensemble='weighted' needs member_weights: one non-negative weight per model, not all 0.")
         if self.length_penalty == "linear" and self.length_coef == 0:
             raise ValueError("length_penalty='linear' needs length_coef > 0 (penalty per token over the threshold).")
@@ -141,9 +136,8 @@ class ShapedRewards:
         return fields
 
     def components(self, i: int) -> dict[str, float] | None:
-        """Item i's reward split into named parts summing to `reward` exactly: `reward_model` + `length_penalty`, plus
-        each rule term when rules are on (rmkit.composition); None when there is only the model: NeMo Gym's
-        reward_components."""
+        """Item i's reward as named parts summing to it (reward_model, length_penalty, rule terms); None when there is
+        only the model: NeMo Gym's reward_components."""
         if self.parts:
             return {k: float(v[i]) for k, v in self.parts.items()}
         if self.length_penalty is None:
