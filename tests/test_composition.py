@@ -12,11 +12,12 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from rmkit.build import load_for_training
 from rmkit.cli import main
 from rmkit.config import ModelConfig
 from rmkit.ensemble import Ensemble
 from rmkit.grpo import load_grpo_config, trl_args
-from rmkit.model import load_for_training, save_model
+from rmkit.model import save_model
 from rmkit.rl import reward_function
 from rmkit.scoring import Scorer
 from rmkit.server import ServeConfig, create_app

@@ -6,15 +6,14 @@ import pytest
 
 from rmkit.config import (
     ConfigError,
-    ServeConfig,
     TrainConfig,
     dump_config,
     load_config,
-    load_serve_config,
     merge_mappings,
     parse_overrides,
 )
 from rmkit.grpo import load_grpo_config
+from rmkit.serveconfig import ServeConfig, load_serve_config
 
 
 def test_overrides_nest_by_dots_and_read_values_as_yaml():

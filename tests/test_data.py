@@ -441,3 +441,16 @@ def test_implicit_prompt_text_pairs_are_split_by_their_chosen_text():
     pairs = [PreferencePair("", f"answer {i}", f"other {i}") for i in range(100)]
     train, val, test = split_by_prompt(pairs, 0.25, 0.25)
     assert train and val and test
+
+
+def test_soft_label_is_read_from_judge_prob_chosen_and_must_be_a_probability(tmp_path):
+    rows = [{"prompt": "p", "chosen": "a", "rejected": "b", "judge_prob_chosen": 0.83},
+            {"prompt": "q", "chosen": "a", "rejected": "b"}]
+    first, second = read_pairs(write_jsonl(tmp_path / "soft.jsonl", rows))
+    assert (first.label_prob, second.label_prob) == (0.83, None)
+    [custom] = read_pairs(write_jsonl(tmp_path / "custom.jsonl", [{"prompt": "p", "chosen": "a", "rejected": "b",
+                                                                    "p": 0.6}]), label_prob_key="p")
+    assert custom.label_prob == 0.6
+    path = write_jsonl(tmp_path / "bad.jsonl", [rows[1], {**rows[0], "judge_prob_chosen": 1.5}])
+    with pytest.raises(DataError, match=rf"^{path}:2: 'judge_prob_chosen' is 1.5, not a probability"):
+        read_pairs(path)

@@ -231,3 +231,18 @@ def test_summarize_ratings_reports_spearman_and_pearson_by_hand():
 
 def test_dataset_names_use_the_folder_for_pairs_jsonl_and_number_repeats():
     assert dataset_names(["data/hh/pairs.jsonl", "x/test.jsonl", "y/test.jsonl"]) == ["hh", "test", "test-2"]
+    assert dataset_names(["data/ae/pairs.jsonl.gz", "x/test.jsonl.gz"]) == ["ae", "test"]
+
+
+def test_summarize_breaks_accuracy_down_by_source_file_with_its_length_baseline():
+    """Δ = [1, −1, 2]; pairs 1–2 from data/a/pairs.jsonl (chosen longer in pair 1 only), pair 3 from b.jsonl.gz
+    (chosen shorter) → a: accuracy 1/2, baseline 1/2; b: accuracy 1, baseline 0."""
+    pairs = [PreferencePair("p", "long answer", "x", origin="data/a/pairs.jsonl:1"),
+             PreferencePair("q", "y", "long answer", origin="data/a/pairs.jsonl:2"),
+             PreferencePair("r", "z", "long answer", origin="b.jsonl.gz:7")]
+    s = summarize(np.array([1.0, 0.0, 2.0]), np.array([0.0, 1.0, 0.0]), pairs)
+    a, b = s["by_source"]["a"], s["by_source"]["b"]
+    assert (a["n_pairs"], a["accuracy"], a["length_baseline_accuracy"]) == (2, 0.5, 0.5)
+    assert (b["n_pairs"], b["accuracy"], b["length_baseline_accuracy"]) == (1, 1.0, 0.0)
+    assert b["accuracy_ci95"] == pytest.approx(list(metrics.wilson_interval(1, 1)))
+    assert "by_source" not in summarize(np.array([1.0]), np.array([0.0]), pairs[:1])  # one source: nothing to split

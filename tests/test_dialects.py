@@ -14,7 +14,7 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
-from rmkit import config, server
+from rmkit import serveconfig, server
 from rmkit.config import ConfigError
 from rmkit.dialects import DialectError, NemoRlRewardModel, nemo_rl_reward_model
 from rmkit.ensemble import RewardPath
@@ -58,7 +58,7 @@ def gym_file(tmp_path, model_path="/models/rm", extra=""):
 
 @pytest.fixture
 def no_cuda(monkeypatch):
-    monkeypatch.setattr(config, "_cuda_available", lambda: False)
+    monkeypatch.setattr(serveconfig, "_cuda_available", lambda: False)
 
 
 def test_nemo_gym_yaml_gets_exactly_nemo_gyms_defaults_and_raw_rewards(tmp_path, no_cuda, caplog):
@@ -71,7 +71,7 @@ def test_nemo_gym_yaml_gets_exactly_nemo_gyms_defaults_and_raw_rewards(tmp_path,
 
 
 def test_cuda_is_kept_when_there_is_one(tmp_path, monkeypatch):
-    monkeypatch.setattr(config, "_cuda_available", lambda: True)
+    monkeypatch.setattr(serveconfig, "_cuda_available", lambda: True)
     assert load_serve_config(gym_file(tmp_path)).device == "cuda"
 
 

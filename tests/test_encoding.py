@@ -109,3 +109,74 @@ def test_token_budget_batches_never_pad_a_short_row_up_to_a_long_one():
     lengths = [512, 20, 300, 25, 480, 30, 310]
     for batch in token_budget_batches(lengths, max_tokens=16384, max_batch=64):
         assert min(lengths[i] for i in batch) >= 0.75 * max(lengths[i] for i in batch)
+
+
+def test_collate_carries_soft_labels_with_nan_where_a_pair_has_none():
+    import torch
+
+    from rmkit.encoding import EncodedPair
+
+    batch = collate([EncodedPair([1], [2], None, 0, 0.8), EncodedPair([3], [4], None, 1)], pad_id=0)
+    assert batch.label_prob[0].item() == pytest.approx(0.8) and torch.isnan(batch.label_prob[1])
+    assert collate([EncodedPair([1], [2], None, 0)], pad_id=0).label_prob is None
+
+
+def test_keep_instruction_on_hand_made_regions():
+    """Text "hhhhhh|g|iiii|g|rrrrrrrr", one character per token: 6 history, 4 instruction, 8 response, 2 glue.
+    Budget 10 → room 8, instruction 4 whole, response 4 (first 2 + last 2), no history. Budget 16 → instruction
+    and response whole (12), 2 of history, the newest. Budget 1 → only glue would fit: the last id, as 'left'."""
+    from rmkit.encoding import Spans, keep_instruction
+
+    ids = list(range(20))
+    spans = Spans(history_end=6, instruction=(7, 11), response=(12, 20))
+    assert keep_instruction(ids, ids, spans, 10) == [6, 7, 8, 9, 10, 11, 12, 13, 18, 19]
+    assert keep_instruction(ids, ids, spans, 16) == [4, 5, *range(6, 20)]
+    assert keep_instruction(ids, ids, spans, 1) == [19]
+    assert keep_instruction(ids, ids, spans, 25) == ids
+
+
+def test_keep_instruction_cuts_the_middle_of_a_long_instruction_when_the_answer_is_short():
+    """History 0, glue 1 (index 0), instruction 12, glue 1, response 2; budget 8 → room 6: response 2 whole,
+    instruction 4 (room − response, more than half): its first 2 and last 2 ids."""
+    from rmkit.encoding import Spans, keep_instruction
+
+    ids = list(range(16))
+    spans = Spans(history_end=0, instruction=(1, 13), response=(14, 16))
+    assert keep_instruction(ids, ids, spans, 8) == [0, 1, 2, 11, 12, 13, 14, 15]
+
+
+def test_instruction_truncation_keeps_the_question_and_both_ends_of_a_long_answer(bert_tok):
+    history = "\n\nHuman: " + "tell me about the weather " * 20 + "\n\nAssistant: " + "it is sunny " * 20
+    prompt = history + "\n\nHuman: what is the capital of france?\n\nAssistant:"
+    answer = "paris is the capital. " + "filler words here " * 40 + "that is all."
+    text = render(prompt, answer, bert_tok, "plain")
+    new = bert_tok.decode(Encoder(bert_tok, 40, True, "instruction").encode([text])[0][1:-1])
+    old = bert_tok.decode(Encoder(bert_tok, 40, True, "left").encode([text])[0][1:-1])
+    assert "user : what is the capital of france?" in new and "assistant : paris is the" in new
+    assert new.endswith("that is all.") and "weather" not in new and "sunny" not in new
+    assert "capital of france" not in old  # the old rule keeps only the answer's end
+
+
+def test_instruction_truncation_finds_the_turns_in_a_chat_template(llama_tok):
+    prompt = [{"role": "user", "content": "Old question " * 30}, {"role": "assistant", "content": "Old answer " * 30},
+              {"role": "user", "content": "Name a prime number."}]
+    text = render(prompt, "Seven. " + "Also more text. " * 50 + "Done.", llama_tok, "chat")
+    assert text.spans is not None
+    new = llama_tok.decode(Encoder(llama_tok, 48, False, "instruction").encode([text])[0])
+    assert "<|im_start|>user\nName a prime number.<|im_end|>\n<|im_start|>assistant\nSeven." in new
+    assert new.endswith("Done.<|im_end|>\n") and "Old answer" not in new
+
+
+def test_instruction_truncation_leaves_short_texts_and_unrendered_text_as_the_left_rule_does(bert_tok):
+    short = render("Name a prime.", "7", bert_tok, "plain")
+    new, old = Encoder(bert_tok, 64, True, "instruction"), Encoder(bert_tok, 64, True, "left")
+    assert new.encode([short]) == old.encode([short])
+    plain_text = "one two three four five six seven eight nine ten"  # a str without spans: cut from the left
+    assert Encoder(bert_tok, 8, True, "instruction").encode([plain_text]) == Encoder(bert_tok, 8, True).encode([plain_text])
+
+
+def test_rendered_text_is_an_ordinary_string_and_edits_drop_the_spans(bert_tok):
+    text = render("Name a prime.", "7", bert_tok, "plain")
+    assert isinstance(text, str) and text.spans is not None
+    assert text.spans.instruction == (6, 19) and text[text.spans.instruction[0]:text.spans.instruction[1]] == "Name a prime."
+    assert not hasattr(text + " more", "spans") and not hasattr(text[:5], "spans")

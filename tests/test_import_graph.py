@@ -16,8 +16,8 @@ LAYERS = [
     # 0 pure: arrays, tensors or JSON values in and out; no files, models or HTTP
     {"loss", "metrics", "diagnostics", "shaping", "protocols", "gym", "rowshapes", "dialects", "rules"},
     # 1 I/O: files, configs, tokenizers, checkpoints, the model
-    {"rows", "config", "data", "splits", "targets", "encoding", "backbones", "heads", "model", "checkpoint", "moments",
-     "objectives"},
+    {"rows", "config", "serveconfig", "data", "splits", "targets", "encoding", "backbones", "card", "heads", "model",
+     "build", "checkpoint", "moments", "objectives", "sharding"},
     # 2 engine: scoring and what builds on it, the HTTP plumbing
     {"scoring", "ensemble", "calibration", "evaluation", "report", "selection", "batcher", "gateway", "client",
      "service", "modelcard", "composition"},

@@ -3,7 +3,14 @@ import math
 import pytest
 import torch
 
-from rmkit.loss import bradley_terry_loss, hinge_loss, length_correlation_penalty, plackett_luce_loss, regression_loss
+from rmkit.loss import (
+    bradley_terry_loss,
+    hinge_loss,
+    length_correlation_penalty,
+    plackett_luce_loss,
+    regression_loss,
+    soft_bradley_terry_loss,
+)
 
 
 def test_bt_loss_matches_hand_worked_values():
@@ -113,3 +120,36 @@ def test_regression_loss_averages_only_rated_entries():
     assert regression_loss(pred, target, "mse", mask=mask).item() == pytest.approx(14 / 3)
     with pytest.raises(ValueError, match="unknown regression loss"):
         regression_loss(pred, target, "l1")
+def test_soft_bt_loss_matches_hand_worked_values():
+    """p = 0.75. Δ = 0: -(0.75 ln ½ + 0.25 ln ½) = ln 2 ≈ 0.6931. Δ = ln 3: σ = ¾, σ(−Δ) = ¼:
+    0.75·ln(4/3) + 0.25·ln 4 = 0.2158 + 0.3466 = 0.5623. Mean ≈ 0.6277."""
+    loss = soft_bradley_terry_loss(torch.tensor([1.0, math.log(3)]), torch.tensor([1.0, 0.0]), torch.tensor([0.75, 0.75]))
+    assert loss.item() == pytest.approx(0.6277, abs=1e-4)
+
+
+def test_soft_bt_with_certain_labels_is_the_hard_bt_loss():
+    chosen, rejected = torch.tensor([0.3, -2.0, 5.0]), torch.tensor([1.0, 0.5, -1.0])
+    margin = torch.tensor([0.5, 0.0, 1.0])
+    soft = soft_bradley_terry_loss(chosen, rejected, torch.ones(3), margin, center_coef=0.1)
+    assert soft.item() == pytest.approx(bradley_terry_loss(chosen, rejected, margin, center_coef=0.1).item(), abs=1e-6)
+
+
+def test_soft_bt_gradient_vanishes_where_the_gap_equals_the_label_logit():
+    """d/dΔ = σ(Δ) − p: zero at Δ = logit(0.8) = ln 4; at Δ = 0 it is 0.5 − 0.8 = −0.3 (push the gap up)."""
+    chosen = torch.tensor([math.log(4), 0.0], requires_grad=True)
+    soft_bradley_terry_loss(chosen, torch.zeros(2), torch.tensor([0.8, 0.8])).backward()
+    assert chosen.grad.tolist() == pytest.approx([0.0, -0.3 / 2], abs=1e-6)  # the mean over 2 pairs halves it
+
+
+def test_soft_bt_with_label_half_asks_for_no_preference():
+    """p = ½: the loss is smallest (ln 2) at Δ = 0 and equal for ±Δ."""
+    zero = soft_bradley_terry_loss(torch.zeros(1), torch.zeros(1), torch.tensor([0.5]))
+    plus = soft_bradley_terry_loss(torch.tensor([2.0]), torch.zeros(1), torch.tensor([0.5]))
+    minus = soft_bradley_terry_loss(torch.tensor([-2.0]), torch.zeros(1), torch.tensor([0.5]))
+    assert zero.item() == pytest.approx(math.log(2)) and plus.item() == pytest.approx(minus.item())
+    assert plus.item() > zero.item()
+
+
+def test_soft_bt_mismatched_prob_shape_is_an_error():
+    with pytest.raises(ValueError, match="equal 1-D shapes"):
+        soft_bradley_terry_loss(torch.zeros(2), torch.zeros(2), torch.zeros(3))

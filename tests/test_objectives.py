@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from rmkit.build import load_for_training
 from rmkit.config import load_config
-from rmkit.model import load_for_training
 from rmkit.training import train
 
 PAIRS = [

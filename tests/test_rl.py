@@ -166,7 +166,7 @@ def test_kl_shaped_token_rewards_match_hand_worked_numbers():
 
 
 def test_bad_sources_are_refused_with_a_fix():
-    with pytest.raises(ValueError, match="ensemble of servers"):
+    with pytest.raises(ValueError, match="models and servers cannot be mixed"):
         reward_function(["runs/a/model", "http://127.0.0.1:1"])
     with pytest.raises(ValueError, match="non-empty list"):
         RewardFunction([], reward_function([FakeScorer([0.0])]).shaping)

@@ -89,3 +89,62 @@ def test_the_first_bad_byte_is_found_across_chunk_boundaries(tmp_path):
     assert rows._first_bad_byte(path, chunk=3) == (12, 2, b"\x80")
     path.write_bytes(b"fine \xc3\xa9")
     assert rows._first_bad_byte(path, chunk=6) == (7, 1, b"")  # no bad byte: the end of the file
+
+def _gzip(path, text: str) -> None:
+    import gzip
+
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.write(text)
+
+
+@pytest.mark.parametrize("name, text", [
+    ("rows.jsonl.gz", '{"a": 1}\n{"a": 2}\n'),
+    ("rows.json.gz", '[{"a": 1}, {"a": 2}]'),
+    ("rows.csv.gz", "a\n1\n2\n"),
+])
+def test_gzip_containers_read_like_their_plain_versions(tmp_path, name, text):
+    path = tmp_path / name
+    _gzip(path, text)
+    got = [(origin, row) for origin, row in read_rows(path)]
+    line = 2 if name.endswith(".csv.gz") else 1  # CSV counts the header line
+    assert [o for o, _ in got] == [f"{path}:{line}", f"{path}:{line + 1}"]
+    assert [str(r["a"]) for _, r in got] == ["1", "2"]
+
+
+def test_a_bad_row_inside_jsonl_gz_is_named_by_file_and_line(tmp_path):
+    path = tmp_path / "rows.jsonl.gz"
+    _gzip(path, '{"a": 1}\n{oops\n')
+    with pytest.raises(DataError, match=rf"^{path}:2: invalid JSON"):
+        list(read_rows(path))
+
+
+def test_a_truncated_gzip_file_is_a_data_error_naming_the_file(tmp_path):
+    path = tmp_path / "rows.jsonl.gz"
+    _gzip(path, "".join(f'{{"a": {i}, "pad": "{"x" * 50}"}}\n' for i in range(2000)))
+    path.write_bytes(path.read_bytes()[:-200])  # cut the end off, as an interrupted copy would
+    with pytest.raises(DataError, match=rf"^{path}:\d+: the gzip stream is damaged"):
+        list(read_rows(path))
+
+
+def test_a_plain_file_named_gz_is_a_data_error(tmp_path):
+    path = tmp_path / "rows.jsonl.gz"
+    path.write_text('{"a": 1}\n')
+    with pytest.raises(DataError, match=rf"^{path}:1: the gzip stream is damaged"):
+        list(read_rows(path))
+
+
+def test_gz_of_an_unsupported_type_names_the_supported_ones(tmp_path):
+    path = tmp_path / "rows.txt.gz"
+    _gzip(path, "x")
+    with pytest.raises(DataError, match=r"unsupported file type '\.txt\.gz'.*\.jsonl\.gz"):
+        list(read_rows(path))
+
+
+def test_non_utf8_text_inside_jsonl_gz_names_the_decompressed_line(tmp_path):
+    import gzip
+
+    path = tmp_path / "rows.jsonl.gz"
+    with gzip.open(path, "wb") as f:
+        f.write(b'{"a": 1}\n{"a": "caf' + b"\xe9" + b'"}\n')
+    with pytest.raises(DataError, match=rf"^{path}:2: not UTF-8 text .*iconv"):
+        list(read_rows(path))

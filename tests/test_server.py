@@ -250,7 +250,7 @@ def test_serve_config_reads_yaml_overrides_and_token_from_env(tmp_path, llama_di
     path.write_text(f"model_dirs: [{llama_dir}]\nport: 9000\nshaping:\n  clip: 3\n")
     monkeypatch.setenv("RMKIT_TOKEN", "from-env")
     cfg = load_serve_config(path, ["shaping.normalize=none", "batch_size=8"])
-    assert (cfg.port, cfg.batch_size, cfg.shaping.clip, cfg.shaping.normalize) == (9000, 8, 3.0, "none")
+    assert (cfg.port, cfg.max_batch, cfg.shaping.clip, cfg.shaping.normalize) == (9000, 8, 3.0, "none")
     assert cfg.host == "127.0.0.1" and cfg.token == "from-env"
     assert load_serve_config(llama_dir).model_dirs == [str(llama_dir)]
 

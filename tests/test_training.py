@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -45,8 +46,8 @@ def weights(run: Path) -> dict[str, torch.Tensor]:
 
 
 def test_training_overfits_sixteen_pairs_and_moves_every_weight(pairs_file, tmp_path):
+    from rmkit.build import load_for_training
     from rmkit.evaluation import evaluate
-    from rmkit.model import load_for_training
     from rmkit.scoring import Scorer
 
     cfg = config(pairs_file, tmp_path / "run", "train.epochs=12", "optim.lr=3e-3", "optim.schedule=constant")
@@ -340,3 +341,33 @@ def test_keep_checkpoints_keeps_the_last_n_with_step_and_validation_and_a_user_c
             saved = model[name.removeprefix("model.hf.")]
             assert torch.equal(saved, value), f"{name} is not the step-4 weight"
     assert max(r["step"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())) == 4
+
+
+def test_pair_loss_uses_soft_labels_label_smoothing_or_plain_bt_as_configured():
+    """Δ = ln 3 for both pairs (σ = ¾). Plain BT: ln(4/3) ≈ 0.2877. Soft, labels [0.75, none] with ε = 0.1:
+    pair 1 p = 0.75 → 0.5623; pair 2 p = 0.9 → 0.9·ln(4/3) + 0.1·ln 4 = 0.3976; mean ≈ 0.4800. Smoothing alone
+    under plain BT ignores the labels: p = 0.9 for both → 0.3976."""
+    from rmkit.config import TrainingConfig
+    from rmkit.encoding import Batch
+    from rmkit.training import pair_loss
+
+    chosen, rejected = torch.tensor([math.log(3)] * 2), torch.zeros(2)
+    batch = Batch(torch.zeros(4, 1, dtype=torch.long), torch.ones(4, 1), None, torch.tensor([0.75, math.nan]))
+    assert pair_loss(TrainingConfig(), chosen, rejected, batch).item() == pytest.approx(math.log(4 / 3), abs=1e-4)
+    soft = TrainingConfig(objective="soft_bradley_terry", label_smoothing=0.1)
+    assert pair_loss(soft, chosen, rejected, batch).item() == pytest.approx(0.4800, abs=1e-4)
+    smoothed = TrainingConfig(label_smoothing=0.1)
+    assert pair_loss(smoothed, chosen, rejected, batch).item() == pytest.approx(0.3976, abs=1e-4)
+
+
+def test_soft_labels_keep_the_reward_gap_near_the_label_logit(tmp_path):
+    """Sixteen separable pairs, each labelled P = 0.75: hard BT drives the gaps up without bound, soft BT towards
+    logit(0.75) = ln 3 ≈ 1.1, so after the same training its mean gap is much smaller and still positive."""
+    path = tmp_path / "soft.jsonl"
+    path.write_text("".join(json.dumps({**p, "judge_prob_chosen": 0.75}) + "\n" for p in PAIRS))
+    common = ["train.epochs=12", "optim.lr=3e-3", "optim.schedule=constant"]
+    hard = json.loads((train(config(path, tmp_path / "hard", *common)) / "metrics.jsonl").read_text().splitlines()[-1])
+    soft_run = train(config(path, tmp_path / "soft", *common, "train.objective=soft_bradley_terry"))
+    soft = json.loads((soft_run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert hard["margin"] > 3.0
+    assert 0.3 < soft["margin"] < 2.5

@@ -9,10 +9,14 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
+from rmkit.config import Precision
 from rmkit.data import Format
 from rmkit.selection import Method
+
+if TYPE_CHECKING:
+    from rmkit.scoring import LoadOptions
 
 VERBS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
@@ -25,7 +29,7 @@ def verb(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespac
 @verb
 def cmd_train(args: argparse.Namespace) -> int:
     from rmkit.config import load_config
-    from rmkit.evaluation import format_summary
+    from rmkit.evaluation import format_by_source, format_summary
     from rmkit.training import train
 
     config, overrides = args.config, list(args.overrides)
@@ -38,14 +42,48 @@ def cmd_train(args: argparse.Namespace) -> int:
     for split in ("val", "test"):
         if split in report:
             print(format_summary(f"held-out {split}", report[split]))
+            for line in format_by_source(split, report[split]):
+                print(line)
     print(f"model: {run / 'model'}   (try: rmkit score {run / 'model'} rows.jsonl --out scored.jsonl)")
+    return 0
+
+
+LOAD_FLAGS = ("device", "dtype", "tokenizer", "batch_tokens", "max_batch")
+
+
+def load_options(args: argparse.Namespace) -> LoadOptions:
+    """The --device/--dtype/--tokenizer/--batch-tokens/--max-batch flags as LoadOptions (defaults where unset)."""
+    from rmkit.scoring import LoadOptions
+
+    return LoadOptions(**{k: v for k in LOAD_FLAGS if (v := getattr(args, k)) is not None})
+
+
+def add_load_flags(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--device", help="'auto' (CUDA when present), 'cpu', 'cuda:1', ...")
+    s.add_argument("--dtype", choices=get_args(Precision), help="precision (default fp32; "
+                   "auto: bf16 on a GPU that has it; int8: dynamic quantisation, CPU)")
+    s.add_argument("--tokenizer", help="a separate tokenizer folder or hub id (default: the model's own)")
+    s.add_argument("--batch-tokens", type=int, help="padded tokens per forward pass")
+    s.add_argument("--max-batch", type=int, help="most rows per forward pass")
+
+
+@verb
+def cmd_import(args: argparse.Namespace) -> int:
+    from rmkit.card import ImportOptions
+    from rmkit.model import import_model
+
+    options = ImportOptions(pooling=args.pooling, template=args.template, max_length=args.max_length,
+                            reward_label=args.reward_label)
+    out = import_model(args.source, args.out, options, tokenizer=args.tokenizer,
+                       trust_remote_code=args.trust_remote_code)
+    print(f"rmkit model directory: {out}   ({out / 'rmkit.json'}: {(out / 'rmkit.json').read_text().strip()})")
     return 0
 
 
 @verb
 def cmd_eval(args: argparse.Namespace) -> int:
     from rmkit.diagnostics import Flag
-    from rmkit.evaluation import compare_models, evaluate_files, format_comparison, format_summary, write_json
+    from rmkit.evaluation import compare_models, evaluate_files, format_comparison, format_summary, pair_probabilities, write_json
     from rmkit.modelcard import append_evaluation
 
     if args.compare:  # rmkit eval --compare MODEL_A MODEL_B DATA [DATA ...]
@@ -54,12 +92,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if args.report or args.train_data:
             raise SystemExit("rmkit eval --compare: --report and --train-data describe one model; run them without "
                              "--compare")
-        report = compare_models(args.model_dir, args.data[0], args.data[1:], format=args.format)
+        report = compare_models(args.model_dir, args.data[0], args.data[1:], format=args.format,
+                                options=load_options(args))
         for name, result in report["datasets"].items():
             print(format_comparison(name, result))
+    elif args.show_pairs:  # one line per pair: the sanity panel
+        report = {path: pair_probabilities(args.model_dir, path) for path in args.data}
+        for rows in report.values():
+            for row in rows:
+                print(f"P(chosen preferred) {row['p_chosen']:.3f}  [{row['subset']}]  {row['prompt'][:70]!r}")
     else:
         report = evaluate_files(args.model_dir, args.data, report_dir=args.report, train_data=args.train_data,
-                                format=args.format)
+                                format=args.format, options=load_options(args))
         for flag in report["flags"]:
             print(f"  ! {Flag.from_json(flag)}")
         for name, result in report["datasets"].items():
@@ -110,12 +154,14 @@ def cmd_triage(args: argparse.Namespace) -> int:
 
 @verb
 def cmd_score(args: argparse.Namespace) -> int:
-    from rmkit.config import load_serve_config
     from rmkit.ensemble import score_file
+    from rmkit.serveconfig import load_serve_config
 
-    cfg = load_serve_config(args.model_dir, args.set)  # a model directory or a serve YAML: same shaping options
-    n = score_file(cfg.model_dirs, args.input, args.out, batch_tokens=args.batch_tokens or cfg.batch_tokens,
-                   shaping=cfg.shaping, device=cfg.device, max_length=cfg.max_length, max_batch=cfg.batch_size)
+    flags = [f"{k}={v}" for k in LOAD_FLAGS if (v := getattr(args, k)) is not None]
+    cfg = load_serve_config(args.model_dir, [*args.set, *flags])  # a model directory or a serve YAML: same options
+    n = score_file(cfg.model_dirs, args.input, args.out, batch_tokens=cfg.batch_tokens, shaping=cfg.shaping,
+                   device=cfg.device, max_length=cfg.max_length, max_batch=cfg.max_batch, dtype=cfg.dtype,
+                   tokenizer=cfg.tokenizer)
     print(f"scored {n} rows → {args.out}")
     return 0
 
@@ -204,7 +250,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _data_verbs(sub: Any) -> None:
-    """train, eval, calibrate, select, triage."""
+    """train, eval, import, calibrate, select, triage."""
     s = sub.add_parser("train", help="train a reward model from a YAML config (defaults: bundled data and backbone)")
     s.add_argument("config", nargs="?", help="YAML config (e.g. configs/default.yaml); omitted = the defaults")
     s.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=1e-5 train.out_dir=runs/x")
@@ -218,8 +264,24 @@ def _data_verbs(sub: Any) -> None:
     s.add_argument("--compare", action="store_true",
                    help="rmkit eval --compare MODEL_A MODEL_B DATA...: accuracy difference, bootstrap CI, McNemar")
     s.add_argument("--train-data", help="training pairs: their accuracy vs each data set's flags overfitting")
+    s.add_argument("--show-pairs", action="store_true",
+                   help="print P(chosen preferred) of every pair (a sanity panel such as examples/sanity_panel.jsonl)")
     s.add_argument("--format", default="auto", choices=get_args(Format),
                    help="read every file as this format (default: detect from each row)")
+    add_load_flags(s)
+
+    s = sub.add_parser("import", help="read a plain HF reward model (folder or hub id) into an rmkit model directory: "
+                                      "writes rmkit.json once, with what its reading rule could not infer")
+    s.add_argument("source", help="a *ForSequenceClassification folder or hub id without rmkit.json")
+    s.add_argument("out", help="the rmkit model directory to write")
+    s.add_argument("--pooling", default="auto", choices=["auto", "last", "mean", "cls"],
+                   help="auto: the model's own (encoders: its head on token 0; decoders: the last token)")
+    s.add_argument("--template", default="auto", choices=["auto", "chat", "plain"],
+                   help="auto: the tokenizer's chat template when it has one, else plain 'Role: content' turns")
+    s.add_argument("--max-length", type=int, help="longest token sequence (default: tokenizer and position table)")
+    s.add_argument("--reward-label", help="which output is the reward when the model has several (name or index)")
+    s.add_argument("--tokenizer", help="a separate tokenizer folder or hub id")
+    s.add_argument("--trust-remote-code", action="store_true", help="run the repository's own model code")
 
     s = sub.add_parser("calibrate", help="fit the temperature of P(A preferred) on validation pairs into rmkit.json")
     s.add_argument("model_dir")
@@ -250,14 +312,15 @@ def _scoring_verbs(sub: Any) -> None:
     s.add_argument("model_dir", help="rmkit model directory, or a serve YAML (model_dirs, shaping, ...)")
     s.add_argument("input")
     s.add_argument("--out", required=True)
-    s.add_argument("--batch-tokens", type=int, help="padded tokens per forward pass (default: batch_tokens, 16384)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="serve-config override, repeatable: shaping.normalize=none, shaping.clip=null, "
                         "shaping.reward_threshold=0.5, model_dirs=[a,b] (an ensemble), max_length=512")
+    add_load_flags(s)
 
     s = sub.add_parser("serve", help="reward server: rmkit /score, OpenRLHF, NeMo Gym, vLLM, SGLang, LLaMA-Factory")
-    s.add_argument("source", help="serve YAML (see rmkit.server.ServeConfig) or an rmkit model directory")
-    s.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. shaping.clip=null batch_size=32")
+    s.add_argument("source", help="serve YAML (see rmkit.serveconfig.ServeConfig), an rmkit model directory, or a plain HF "
+                                       "reward model folder or hub id")
+    s.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. shaping.clip=null max_batch=32 dtype=bf16")
     s.add_argument("--host", help="interface to bind (default 127.0.0.1)")
     s.add_argument("--port", type=int, help="TCP port (default 8000)")
 
@@ -315,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.set_verbosity_error()  # the "newly initialized score head" report is expected here, not news
     try:
         return VERBS[args.verb](args)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+    except (ValueError, OSError, RuntimeError) as exc:  # OSError: files, and hub ids that cannot be fetched
         print(f"rmkit {args.verb}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -1,14 +1,18 @@
-"""RewardClient: calls a running rmkit server from RL trainers, sync or async. Pooled keep-alive connections, a timeout
-per request, retries with exponential backoff on connection errors and 503 (honouring Retry-After), and many items
-cut into few requests. Needs only httpx; knows nothing of models or shaping.
+"""RewardClient: calls a running rmkit server (or N replicas of one) from RL trainers, sync or async. Pooled keep-alive
+connections, a timeout per request, retries with exponential backoff on connection errors and 503 (honouring
+Retry-After), and many items cut into few requests, spread round-robin over the replicas (a retry goes to the next
+one). Needs only httpx; knows nothing of models or shaping.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
+import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -43,7 +47,8 @@ class RewardClient:
     """Client of an rmkit reward server.
 
     Args:
-        url: base URL, e.g. "http://127.0.0.1:8000".
+        url: base URL, e.g. "http://127.0.0.1:8000", or a list of them: replicas serving the same model(s), each
+            request (each chunk of a large call) going to the next one, as OpenRLHF spreads over its reward servers.
         token: bearer token, if the server has one.
         timeout: seconds for one attempt (connect, read, write, pool).
         retries: extra attempts after a connection error or a 503.
@@ -56,17 +61,22 @@ class RewardClient:
         >>> with RewardClient("http://127.0.0.1:8000") as rc:  # doctest: +SKIP
         ...     rc.score(["Name a prime."], ["7"])
         [1.93]
+        >>> RewardClient(["http://10.0.0.1:8000", "http://10.0.0.2:8000"])  # doctest: +SKIP
     """
 
-    def __init__(self, url: str, token: str | None = None, timeout: float = 60.0, retries: int = 5,
+    def __init__(self, url: str | Sequence[str], token: str | None = None, timeout: float = 60.0, retries: int = 5,
                  backoff: float = 0.25, max_backoff: float = 8.0, batch_size: int = 256, max_connections: int = 64):
         if batch_size < 1 or retries < 0:
             raise ValueError(f"batch_size must be ≥ 1 and retries ≥ 0 (got {batch_size}, {retries})")
-        self.url = url.rstrip("/")
+        self.urls = [u.rstrip("/") for u in ([url] if isinstance(url, str) else url)]
+        if not self.urls:
+            raise ValueError("RewardClient needs at least one server URL")
+        self.url = self.urls[0]
+        self._turn, self._turn_lock = itertools.count(), threading.Lock()
         self.retries, self.backoff, self.max_backoff, self.batch_size = retries, backoff, max_backoff, batch_size
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        self._opts = {"base_url": self.url, "headers": headers, "timeout": timeout, "limits": limits}
+        self._opts = {"headers": headers, "timeout": timeout, "limits": limits}
         self._sync: httpx.Client | None = None
         self._async: httpx.AsyncClient | None = None
         self._async_loop: asyncio.AbstractEventLoop | None = None
@@ -77,6 +87,18 @@ class RewardClient:
         delay = min(self.backoff * 2**attempt, self.max_backoff) * random.uniform(0.75, 1.25)
         retry_after = response.headers.get("retry-after", "") if response is not None else ""
         return max(delay, float(retry_after)) if retry_after.replace(".", "", 1).isdigit() else delay
+
+    def _next_url(self) -> str:
+        """The replica for the next attempt, round-robin (one URL: always it)."""
+        with self._turn_lock:
+            return self.urls[next(self._turn) % len(self.urls)]
+
+    def _map(self, fn: Any, bodies: list[Any]) -> list[Any]:
+        """fn over bodies: in turn with one server, concurrently (one thread per replica) with several."""
+        if len(self.urls) == 1 or len(bodies) == 1:
+            return [fn(b) for b in bodies]
+        with ThreadPoolExecutor(max_workers=len(self.urls)) as pool:
+            return list(pool.map(fn, bodies))
 
     @staticmethod
     def _result(response: httpx.Response) -> Any:
@@ -94,7 +116,7 @@ class RewardClient:
         for attempt in range(self.retries + 1):
             response, last = None, attempt == self.retries
             try:
-                response = self._sync.request(method, path, json=body)
+                response = self._sync.request(method, self._next_url() + path, json=body)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as exc:
                 if last:
                     raise RewardClientError(None, f"{type(exc).__name__}: {exc}") from exc
@@ -110,7 +132,7 @@ class RewardClient:
         for attempt in range(self.retries + 1):
             response, last = None, attempt == self.retries
             try:
-                response = await self._async.request(method, path, json=body)
+                response = await self._async.request(method, self._next_url() + path, json=body)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as exc:
                 if last:
                     raise RewardClientError(None, f"{type(exc).__name__}: {exc}") from exc
@@ -125,8 +147,8 @@ class RewardClient:
         """POST /score for any number of items ({prompt, response} or {messages}); one merged answer, in order."""
         if not items:
             return {"rewards": [], "raw_rewards": []}
-        return _merge_answers([self._request("POST", "/score", {"items": list(items[s])})
-                       for s in _chunks(len(items), self.batch_size)])
+        bodies = [{"items": list(items[s])} for s in _chunks(len(items), self.batch_size)]
+        return _merge_answers(self._map(lambda body: self._request("POST", "/score", body), bodies))
 
     def score(self, prompts: Sequence[Any], responses: Sequence[Any]) -> list[float]:
         """Shaped rewards of (prompt, response) pairs; each side is text or chat messages."""
@@ -135,11 +157,10 @@ class RewardClient:
 
     def get_reward(self, queries: Sequence[str], prompts: Sequence[str] | None = None) -> list[float]:
         """Shaped rewards of already-rendered texts, through the OpenRLHF-style /get_reward."""
-        out: list[float] = []
-        for s in _chunks(len(queries), self.batch_size):
-            body = {"query": list(queries[s]), "prompts": None if prompts is None else list(prompts[s])}
-            out += self._request("POST", "/get_reward", body)["rewards"]
-        return out
+        bodies = [{"query": list(queries[s]), "prompts": None if prompts is None else list(prompts[s])}
+                  for s in _chunks(len(queries), self.batch_size)]
+        answers = self._map(lambda body: self._request("POST", "/get_reward", body), bodies)
+        return [r for answer in answers for r in answer["rewards"]]
 
     def health(self) -> dict[str, Any]:
         return self._request("GET", "/health")

@@ -1,23 +1,23 @@
-"""Every config tree and its one loader: TrainConfig (`rmkit train`), ServeConfig (`rmkit serve`, `rmkit score`), and
-the loader, override parser and error formatter the GRPO config (rmkit.grpo) shares. Frozen, strict, one docstring per
-field; knows no torch, models or HTTP.
+"""The one config loader (YAML + dotted key=value overrides, one error formatter) and the training config tree,
+TrainConfig (`rmkit train`). The serve config (rmkit.serveconfig) and the GRPO config (rmkit.grpo) are loaded by the
+same functions. Frozen, strict, one docstring per field; knows no torch, models or HTTP.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, model_validator
-
-from rmkit.dialects import DialectError, gym_to_serve, is_gym_config
-from rmkit.protocols import MAX_CHARS, MAX_ITEMS
-from rmkit.shaping import ShapingConfig
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError
 
 DEFAULT_DATA = ("data/hh-rlhf-harmless/pairs.jsonl", "data/pandalm/pairs.jsonl")
+
+
+Precision = Literal["auto", "fp32", "bf16", "fp16", "int8"]
+"""Weights and activations of a scoring model (serve, score, eval, RL adapters): 'auto' is bf16 on a GPU that has it,
+fp32 elsewhere; 'int8' is dynamic int8 quantisation of the backbone's Linear layers, CPU only (model.quantize_int8)."""
 
 
 class ConfigError(ValueError):
@@ -77,8 +77,9 @@ class ModelConfig(Strict):
 
 class DataConfig(Strict):
     paths: list[str] = list(DEFAULT_DATA)
-    """Preference files (JSONL, JSON, CSV, Parquet) or datasets saved with save_to_disk; relative to the working
-    directory. The default is the vendored HH-RLHF harmless and PandaLM pairs."""
+    """Preference files (JSONL, JSON, CSV, Parquet), datasets saved with save_to_disk, or `datasets.load_dataset`
+    sources: a hub name as NAME or NAME:SPLIT (split 'train' by default) or a local folder of data files; relative
+    to the working directory. The default is the vendored HH-RLHF harmless and PandaLM pairs."""
     format: Literal["auto", "pairs", "hh", "ranked", "ab", "ratings", "helpsteer3", "graded"] = "auto"
     """Row shape; 'auto' recognises each row by its keys. 'helpsteer3': HelpSteer3 preference rows as published;
     'graded': UltraFeedback-style rows (one prompt, several completions with ratings)."""
@@ -90,6 +91,9 @@ class DataConfig(Strict):
     """Key of the other response column."""
     margin_key: str = "margin"
     """Key of the optional numeric margin of a pairs row (how much better chosen is)."""
+    label_prob_key: str = "judge_prob_chosen"
+    """Key of a pairs row's optional soft label, P(chosen is better) in [0, 1] (AlpacaEval's judge probability); used
+    by train.objective 'soft_bradley_terry', ignored by plain Bradley–Terry."""
     response_key: str = "response"
     """Ratings rows: the rated response; graded rows: each completion's response."""
     score_key: str = "score"
@@ -136,7 +140,11 @@ class DataConfig(Strict):
     [1, 2] for twice as many pairs from the second file; a file below its share is oversampled, one above it
     subsampled (a different subsample each seed). Default: equal shares."""
     max_length: int = Field(256, ge=8)
-    """Tokens per (prompt, response) after rendering; the prompt is cut from the left, the response end is kept."""
+    """Tokens per (prompt, response) after rendering; a longer text is cut as `truncation` says."""
+    truncation: Literal["left", "instruction"] = "left"
+    """'left': drop tokens from the start (older turns, then the instruction), keep the end of the answer.
+    'instruction': keep the last user turn and cut the middle of a long instruction or answer, dropping older turns
+    first. Stored in rmkit.json, so scoring cuts the same way."""
     max_train_pairs: int | None = None
     """Use only the first N training pairs (after splitting and balancing), for quick runs."""
     ratings_paths: list[str] = []
@@ -185,9 +193,14 @@ class TrainingConfig(Strict):
     without AVX-512)."""
     length_grouping: bool = True
     """Batch pairs of similar length together to cut padding (shuffled in groups, so still random)."""
-    objective: Literal["bradley_terry", "hinge", "plackett_luce", "regression"] = "bradley_terry"
-    """'bradley_terry'; 'hinge' max(0, m − Δ); 'plackett_luce' over ranked rows; 'regression' on data.ratings_paths
-    only (data.paths then serve validation and test only)."""
+    objective: Literal["bradley_terry", "soft_bradley_terry", "hinge", "plackett_luce", "regression"] = "bradley_terry"
+    """'bradley_terry': -log σ(r_c − r_r); 'soft_bradley_terry': cross-entropy against each pair's soft label
+    P(chosen is better) (data.label_prob_key), 1 − label_smoothing where a pair has none; 'hinge' max(0, m − Δ);
+    'plackett_luce' over ranked rows; 'regression' on data.ratings_paths only (data.paths then serve validation and
+    test only)."""
+    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5)
+    """ε: train towards P(chosen is better) = 1 − ε instead of 1 (soft Bradley–Terry with a constant label); with
+    'soft_bradley_terry', only for pairs without their own soft label."""
     hinge_margin: float = Field(1.0, gt=0.0)
     """Hinge gap m for rows without their own margin."""
     regression_loss: Literal["mse", "huber"] = "mse"
@@ -313,88 +326,3 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 def dump_config(cfg: TrainConfig) -> str:
     """The resolved config as YAML, loadable again by load_config."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-
-
-class ServeConfig(Strict):
-    """`rmkit serve` settings; YAML mirrors the fields, `shaping:` is a ShapingConfig section."""
-
-    model_dirs: list[str] = Field(min_length=1)
-    """rmkit model directories; several form an ensemble (combined by shaping.ensemble)."""
-    host: str = "127.0.0.1"
-    """Interface to bind; 127.0.0.1 keeps the server local. Use 0.0.0.0 only with a token or a trusted network."""
-    port: int = Field(8000, ge=0, le=65535)
-    """TCP port (0 picks a free one)."""
-    token: str | None = Field(None, min_length=1)
-    """Bearer token every request but GET /health must send; unset: $RMKIT_TOKEN, else no auth."""
-    device: str = "auto"
-    """'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ..."""
-    threads: int | None = Field(None, ge=1)
-    """torch intra-op threads for the forward (None: torch's default, one per core). On a small CPU, fewer threads
-    than cores leaves one for the event loop that parses and tokenises the next requests."""
-    max_length: int | None = Field(None, gt=0)
-    """Override every model's max_length (tokens; longer texts lose tokens from the left)."""
-    batch_tokens: int = Field(16384, gt=0)
-    """Token budget of one batch: requests are gathered up to it, and each forward's padded size stays within it."""
-    batch_size: int = Field(64, ge=1)
-    """Most rows in one forward (and in one gathered batch)."""
-    max_wait_ms: float = Field(5.0, ge=0)
-    """How long the first request of a batch waits for others to join it."""
-    queue_size: int = Field(4096, ge=1)
-    """Most items waiting for a forward; beyond it requests get 503 with Retry-After."""
-    request_timeout_s: float = Field(60.0, gt=0)
-    """Deadline of one request from arrival to answer; past it, 504 (OpenRLHF's client gives up at 180 s)."""
-    max_body_bytes: int = Field(16 * 2**20, ge=1024)
-    """Largest request body in bytes; larger bodies get 413."""
-    max_items: int = Field(1024, ge=1, le=MAX_ITEMS)
-    """Most items (texts or pairs) in one request; more get 422."""
-    max_text_chars: int = Field(100_000, ge=1, le=MAX_CHARS)
-    """Most characters in one item (prompt and response together); longer items get 422."""
-    shutdown_timeout_s: float = Field(30.0, ge=0)
-    """On SIGTERM/SIGINT, how long in-flight requests may take to finish before the process exits."""
-    shaping: ShapingConfig = ShapingConfig()
-    """How raw scores become rewards: normalisation, clipping, length penalty, threshold, ensemble rule."""
-    stats_path: str | None = None
-    """With shaping.normalize='running': a JSON file holding the running statistics, restored at start-up when it
-    exists (it wins over shaping.reward_mean/reward_std) and rewritten atomically after every scored request, so a
-    restarted server keeps its normalisation."""
-    playground: bool = True
-    """Serve the browser playground at GET / and /playground (the page loads without the token; it asks for it)."""
-    playground_examples: list[str] | None = None
-    """Pair files for the playground's "Load an example"; unset: the model's run's held-out test split, else data/."""
-
-    @model_validator(mode="after")
-    def _queue_holds_a_request(self) -> ServeConfig:
-        if self.queue_size < self.max_items:
-            raise ValueError(f"queue_size={self.queue_size} < max_items={self.max_items}: a full-size request could "
-                             "never be queued; raise queue_size or lower max_items")
-        if self.stats_path is not None and self.shaping.normalize != "running":
-            raise ValueError(f"stats_path={self.stats_path!r} keeps running statistics, but shaping.normalize="
-                             f"{self.shaping.normalize!r}; set shaping.normalize=running or drop stats_path")
-        return self
-
-
-def _cuda_available() -> bool:
-    """Whether torch sees a GPU; torch is imported only here, for a NeMo Gym file's `device: cuda`."""
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def load_serve_config(source: str | Path, overrides: Sequence[str] = ()) -> ServeConfig:
-    """A ServeConfig from a YAML file (rmkit's, or NeMo Gym's reward-model server config: the dialect is told by its
-    keys, see rmkit.dialects) or a bare model directory, plus dotted key=value overrides (rmkit's names).
-
-    Example: load_serve_config("runs/x/model", ["port=9000", "shaping.clip=null"]). The token falls back to
-    $RMKIT_TOKEN when neither the file nor an override sets it.
-    """
-    shape = "neither a model directory nor a serve YAML mapping (model_dirs, host, port, shaping, ...)"
-    raw = {"model_dirs": [str(source)]} if Path(source).is_dir() else read_yaml_mapping(source, shape)
-    if is_gym_config(raw):
-        try:
-            raw = gym_to_serve(raw, str(source), ServeConfig.model_fields, _cuda_available)
-        except DialectError as exc:
-            raise ConfigError(str(exc)) from None
-    raw = merge_mappings(raw, parse_overrides(list(overrides)))
-    if raw.get("token") is None and os.environ.get("RMKIT_TOKEN"):
-        raw["token"] = os.environ["RMKIT_TOKEN"]
-    return validate_config(ServeConfig, raw, str(source), "serve config")

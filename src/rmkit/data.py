@@ -24,6 +24,7 @@ from rmkit.rows import read_rows as read_rows  # re-exported: callers import it 
 from rmkit.rowshapes import Keys, graded_parts, helpsteer3_parts, is_graded, is_helpsteer3
 from rmkit.rowshapes import RowError as _RowError
 from rmkit.rowshapes import number as _number
+from rmkit.rowshapes import probability as _probability
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class PreferencePair:
     origin: str = ""  # "path:lineno" (1-based line for JSONL/CSV, 1-based row index for JSON/Parquet/datasets)
     chosen_position: Literal["A", "B"] | None = None  # A/B rows only: where the preferred answer stood
     id: str = ""
+    label_prob: float | None = None  # soft label: P(chosen is better) as the labeller gave it, e.g. a judge's 0.83
 
     def prompt_key(self) -> str:
         """A stable string for hashing: the prompt itself, or its JSON (sorted keys) for a message list."""
@@ -165,10 +167,13 @@ def _pair(prompt: Any, chosen: Any, rejected: Any, names: tuple[str, str, str], 
 
 
 def _read_pairs_row(row: dict, k: Keys, meta: dict) -> list[PreferencePair]:
-    hint = f"A pairs row needs {k.chosen!r} and {k.rejected!r} (and optionally {k.prompt!r}, {k.margin!r})."
+    hint = (f"A pairs row needs {k.chosen!r} and {k.rejected!r} (and optionally {k.prompt!r}, {k.margin!r}, "
+            f"{k.label_prob!r}).")
     chosen, rejected = _get(row, k.chosen, hint), _get(row, k.rejected, hint)
     margin = _number(row[k.margin], k.margin) if k.margin in row else None
-    return [_pair(row.get(k.prompt), chosen, rejected, (k.prompt, k.chosen, k.rejected), margin=margin, **meta)]
+    prob = _probability(row[k.label_prob], k.label_prob) if k.label_prob in row else None
+    return [_pair(row.get(k.prompt), chosen, rejected, (k.prompt, k.chosen, k.rejected), margin=margin,
+                  label_prob=prob, **meta)]
 
 
 def _read_hh_row(row: dict, k: Keys, meta: dict) -> list[PreferencePair]:
@@ -275,7 +280,7 @@ def _detect(row: dict, k: Keys) -> str:
 def _each_row(source: Any, handle: Callable[[dict, dict], None], skip_bad: bool) -> None:
     """Call handle(row, meta) on every row (nulls dropped: null means absent), meta being the PreferencePair fields
     subset, origin and id; raise each bad row as a DataError, or skip it with one warning at the end."""
-    name, stem = (str(source), Path(source).stem) if isinstance(source, str | Path) else ("<memory>", "")
+    name, stem = (str(source), Path(str(source).removesuffix(".gz")).stem) if isinstance(source, str | Path) else ("<memory>", "")
     total, errors = 0, []
     for origin, row in rows_or_errors(source):
         total += 1
@@ -311,7 +316,8 @@ def read_pairs(source: Any, *, format: Format = "auto", prompt_key: str = "promp
         prompt_key, chosen_key, rejected_key, margin_key: column names for `pairs` rows (`prompt_key` also for
             `ab`, `ratings` and `graded`).
         skip_bad: skip bad rows with one warning instead of raising (still raises if every row is bad).
-        **other_keys: the other column names, `<field>_key` for each field of `rowshapes.Keys` (response_key,
+        **other_keys: the other column names, `<field>_key` for each field of `rowshapes.Keys` (label_prob_key: a
+            pairs row's soft label P(chosen is better), AlpacaEval's `judge_prob_chosen`; response_key,
             score_key, context_key, completions_key, rank_key, completion_key, response_a_key, response_b_key,
             preferred_key, response1_key, response2_key, preference_key, instruction_key, rating_key).
 

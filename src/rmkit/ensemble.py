@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from rmkit import composition
+from rmkit.config import Precision
 from rmkit.encoding import Encoder
 from rmkit.gym import split_row
 from rmkit.protocols import content_text
@@ -29,6 +30,7 @@ from rmkit.rows import read_rows, write_jsonl
 from rmkit.rules import ClassifierTerm
 from rmkit.scoring import Scorer
 from rmkit.shaping import ShapedRewards, ShapingConfig, combine_ensemble, response_length, running_moments, shape_rewards
+from rmkit.sharding import barrier, current_shard
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +80,8 @@ class RewardPath:
             raise ValueError(f"shaping.member_weights has {len(self.shaping.member_weights or [])} weights for "
                              f"{len(self.scorers)} models")
         for s in self.scorers:  # unknown objective names fail at start-up, not on the first request
-            if len(s.card.objectives) > 1:
-                composition.objective_weighting(s.card.objectives, s.card.objective_weights, self.shaping)
+            if len(s.card.outputs) > 1:
+                composition.objective_weighting(s.card.outputs, s.card.weights, self.shaping)
         if self.shaping.normalize == "stored" and self.shaping.reward_std is None:
             bad = [s.name for s in self.scorers if not s.card.reward_std > 0]
             if bad:  # found at start-up, not as an error on every request
@@ -87,17 +89,21 @@ class RewardPath:
                                  "pass shaping.reward_std or use shaping.normalize='none'")
 
     @classmethod
-    def load(cls, model_dirs: Sequence[str | Path], shaping: ShapingConfig | None = None, device: str = "auto",
-             max_length: int | None = None, **scorer_kwargs: Any) -> RewardPath:
+    def load(cls, model_dirs: Sequence[str | Path], shaping: ShapingConfig | None = None,
+             device: str | Sequence[str] = "auto", max_length: int | None = None, **scorer_kwargs: Any) -> RewardPath:
         """Load each model directory once; `max_length` (if set) overrides each card's, capped with a warning at what
         the model's position embeddings can take (NeMo Gym's default 2048 exceeds a BERT's 512); the rest goes to
-        Scorer."""
-        scorers = [Scorer.load(d, device=device, **scorer_kwargs) for d in model_dirs]
+        Scorer. `device` is one device for every member, or one per member (members on different GPUs): each
+        member's forward runs on its own device and only its (N,) scores come back to the CPU."""
+        devices = [device] * len(model_dirs) if isinstance(device, str) else list(device)
+        if len(devices) != len(model_dirs):
+            raise ValueError(f"{len(devices)} devices for {len(model_dirs)} models: give one device, or one per model")
+        scorers = [Scorer.load(d, device=dev, **scorer_kwargs) for d, dev in zip(model_dirs, devices, strict=True)]
         for s in scorers if max_length is not None else []:
             limit = getattr(s.model.hf.config, "max_position_embeddings", None) or max_length
             if max_length > limit:
                 log.warning("%s: max_length %d exceeds its %d positions; using %d", s.name, max_length, limit, limit)
-            s.encoder = Encoder(s.tokenizer, min(max_length, limit), s.card.add_special_tokens)
+            s.encoder = Encoder(s.tokenizer, min(max_length, limit), s.card.add_special_tokens, s.card.truncation)
         return cls(scorers, shaping)
 
     @property
@@ -147,7 +153,7 @@ class RewardPath:
         per_member = []
         for s in self.scorers:
             encoder = s.encoder if add_special_tokens is None else Encoder(s.tokenizer, s.encoder.max_length,
-                                                                           add_special_tokens)
+                                                                           add_special_tokens, s.encoder.truncation)
             per_member.append([_drop_double_bos(ids, s.tokenizer.bos_token_id) for ids in encoder.encode(texts)])
         prompts = prompts or [None] * len(texts)
         tails = [t[len(p):] if p and t.startswith(p) else t for t, p in zip(texts, prompts, strict=True)]
@@ -174,7 +180,7 @@ class RewardPath:
         cols: list[np.ndarray] = []
         for m, s in enumerate(self.scorers):
             ids = [e.ids[m] for e in encoded]
-            cols += list(s.score_objectives_ids(ids).T) if len(s.card.objectives) > 1 else [np.asarray(s.score_ids(ids))]
+            cols += list(s.score_objectives_ids(ids).T) if len(s.card.outputs) > 1 else [np.asarray(s.score_ids(ids))]
         prompts, responses = [e.prompt for e in encoded], [e.response for e in encoded]
         cols += [classify(prompts, responses) for classify in self.classifiers.values()]
         return np.array(cols).T
@@ -182,7 +188,7 @@ class RewardPath:
     @property
     def n_outputs(self) -> int:
         """Columns of forward(): one per objective of each member, one per classifier term."""
-        return sum(len(s.card.objectives) for s in self.scorers) + len(self.classifiers)
+        return sum(len(s.card.outputs) for s in self.scorers) + len(self.classifiers)
 
     def shape(self, raw: np.ndarray, encoded: Sequence[Encoded]) -> ShapedRewards:
         """Shape (N, R) forward outputs: objectives weighed into member rewards, members normalised and combined (see
@@ -193,7 +199,7 @@ class RewardPath:
         n_members = rows.shape[0] - len(self.classifiers)
         classifier_scores = dict(zip(self.classifiers, rows[n_members:], strict=True))
         members, objectives = composition.reduce_members(
-            rows[:n_members], [s.card.objectives for s in self.scorers], [s.card.objective_weights for s in self.scorers],
+            rows[:n_members], [s.card.outputs for s in self.scorers], [s.card.weights for s in self.scorers],
             self.member_names, cfg)
         out = self._shape_members(members, encoded)
         return composition.finish(out, cfg, [e.response for e in encoded], objectives, classifier_scores)
@@ -240,15 +246,19 @@ def score_file(
     output_path: str | Path,
     batch_tokens: int = 8192,
     shaping: ShapingConfig | None = None,
-    device: str = "auto",
+    device: str | Sequence[str] = "auto",
     max_length: int | None = None,
     max_batch: int = 128,
+    dtype: Precision = "fp32",
+    tokenizer: str | None = None,
 ) -> int:
     """Copy a JSONL file of rows, adding rewards to each; returns the row count. The output is written atomically.
 
     Rows are `prompt` + `response`, chat `messages`, or NeMo Gym rollouts (see gym.split_row). Each output row gets
     `reward` (shaped by `shaping`; default: stored-stats normalisation, clip ±5) and `raw_reward`; `passed` when
     shaping has a reward_threshold; `member_rewards` and `reward_std` when several model directories form an ensemble.
+    Under `accelerate launch -m rmkit score ...` each process scores every world-th row on its own device and the
+    main process writes the one output, in input order (shaping.normalize='running' keeps one estimate per process).
     """
     rows, prompts, responses = [], [], []
     for origin, row in read_rows(Path(input_path)):
@@ -256,11 +266,18 @@ def score_file(
         rows.append(row)
         prompts.append(prompt)
         responses.append(response)
+    shard = current_shard()
+    if shard.device is not None and device == "auto":
+        device = shard.device
+    mine = shard.indices(len(rows))
     dirs = [model_dir] if isinstance(model_dir, (str, Path)) else list(model_dir)
     path = RewardPath.load(dirs, shaping, device=device, max_length=max_length, max_tokens=batch_tokens,
-                           max_batch=max_batch, progress=True)
-    out = path.rewards(prompts, responses)
-    write_jsonl(({**row, **out.item(i)} for i, row in enumerate(rows)), output_path)
+                           max_batch=max_batch, progress=shard.is_main, dtype=dtype, tokenizer=tokenizer)
+    out = path.rewards([prompts[i] for i in mine], [responses[i] for i in mine])
+    fields = shard.gather(mine, [out.item(j) for j in range(len(mine))])
+    if fields is not None:
+        write_jsonl(({**row, **f} for row, f in zip(rows, fields, strict=True)), output_path)
+    barrier(shard)
     return len(rows)
 
 

@@ -165,14 +165,15 @@ def format_summary(name: str, report: dict[str, Any]) -> str:
 
 
 def dataset_names(paths: Sequence[str | Path]) -> list[str]:
-    """A name per file: the parent folder for pairs.jsonl, else the stem; repeats get -2, -3, ...
+    """A name per file: the parent folder for pairs.jsonl(.gz), else the stem; repeats get -2, -3, ...
 
-    Example: ["data/hh/pairs.jsonl", "x/test.jsonl", "y/test.jsonl"] → ["hh", "test", "test-2"].
+    Example: ["data/hh/pairs.jsonl", "x/test.jsonl", "y/test.jsonl.gz"] → ["hh", "test", "test-2"].
     """
     names: list[str] = []
     for path in paths:
         path = Path(path)
-        base = path.parent.name if path.stem == "pairs" and path.parent.name else path.stem
+        stem = Path(path.stem).stem if path.suffix.lower() == ".gz" else path.stem
+        base = path.parent.name if stem == "pairs" and path.parent.name else stem
         name, i = base, 1
         while name in names:
             i += 1
@@ -198,7 +199,7 @@ def training_log(model_dir: str | Path) -> list[dict[str, Any]] | None:
 
 
 def evaluate_files(model_dir: str | Path, paths: Sequence[str | Path], report_dir: str | Path | None = None,
-                   train_data: str | Path | None = None, format: str = "auto") -> dict[str, Any]:
+                   train_data: str | Path | None = None, format: str = "auto", options: Any = None) -> dict[str, Any]:
     """Load the model once and evaluate each file (`rmkit eval`); data sets are keyed by `dataset_names`.
 
     Args:
@@ -208,14 +209,15 @@ def evaluate_files(model_dir: str | Path, paths: Sequence[str | Path], report_di
         report_dir: also write report.json, report.html and the PNG plots here.
         train_data: a preference file of training pairs: its accuracy is compared with each set's (overfitting).
         format: "auto", or a `rmkit.data.Format` applied to every file.
+        options: a `rmkit.scoring.LoadOptions` (device, dtype, tokenizer, batching); None: its defaults.
 
     Returns:
         {"model_dir", "temperature", "datasets": {name: summary}, "training": train_val_gap or None, "flags",
         "train_data" (when given)}; "flags" are the model-level ones (from the training curves).
     """
-    from rmkit.scoring import Scorer
+    from rmkit.scoring import LoadOptions, Scorer
 
-    scorer = Scorer.load(model_dir, progress=True)
+    scorer = Scorer.from_options(model_dir, options or LoadOptions(), progress=True)
     temperature = scorer.card.temperature
     report: dict[str, Any] = {"model_dir": str(model_dir), "temperature": temperature, "datasets": {}}
     train_accuracy = None
@@ -250,16 +252,16 @@ def evaluate_files(model_dir: str | Path, paths: Sequence[str | Path], report_di
 
 
 def compare_models(model_a: str | Path, model_b: str | Path, paths: Sequence[str | Path], n_boot: int = 2000,
-                   seed: int = 0, format: str = "auto") -> dict[str, Any]:
+                   seed: int = 0, format: str = "auto", options: Any = None) -> dict[str, Any]:
     """Accuracy of two models on the same pairs: the difference with a paired bootstrap 95% interval and McNemar.
 
     Returns:
         {"model_a", "model_b", "datasets": {name: {"n_pairs", "accuracy_a", "accuracy_b", "bootstrap",
         "mcnemar"}}}, bootstrap as `metrics.paired_bootstrap_accuracy_diff` (diff = a − b).
     """
-    from rmkit.scoring import Scorer
+    from rmkit.scoring import LoadOptions, Scorer
 
-    scorers = [Scorer.load(model_a, progress=True), Scorer.load(model_b, progress=True)]
+    scorers = [Scorer.from_options(m, options or LoadOptions(), progress=True) for m in (model_a, model_b)]
     out: dict[str, Any] = {"model_a": str(model_a), "model_b": str(model_b), "datasets": {}}
     for name, path in zip(dataset_names(paths), paths, strict=True):
         pairs = read_pairs(path, format=format)
@@ -277,3 +279,27 @@ def format_comparison(name: str, result: dict[str, Any]) -> str:
     return (f"{name}: A {result['accuracy_a']:.3f} vs B {result['accuracy_b']:.3f} (n={result['n_pairs']}) | "
             f"A − B {boot['diff']:+.3f} (95% CI {boot['ci_low']:+.3f} to {boot['ci_high']:+.3f}) | "
             f"McNemar p = {mc['p_value']:.3g} ({mc['b']} vs {mc['c']} discordant, {mc['method']})")
+
+
+def format_by_source(name: str, report: dict[str, Any]) -> list[str]:
+    """One line per source of a pairs report: accuracy, interval and the length-only baseline beside it."""
+    lines = []
+    for source, r in report.get("by_source", {}).items():
+        low, high = r["accuracy_ci95"]
+        lines.append(f"  {name} {source}: accuracy {r['accuracy']:.3f} (95% CI {low:.3f}–{high:.3f}, n={r['n_pairs']}) | "
+                     f"length-only baseline {r['length_baseline_accuracy']:.3f}")
+    return lines
+
+
+def pair_probabilities(model_dir: str | Path, path: str | Path) -> list[dict[str, Any]]:
+    """P(chosen preferred) = σ(Δ/T) for every pair of a file (`rmkit eval --show-pairs`), with its subset and prompt:
+    the sanity panel's view, one pair at a time."""
+    from rmkit.data import read_pairs
+    from rmkit.scoring import Scorer
+
+    scorer = Scorer.load(model_dir)
+    pairs = read_pairs(path)
+    chosen, rejected = scorer.score_pairs(pairs)
+    probs = metrics.bt_probability(np.asarray(chosen) - np.asarray(rejected), scorer.card.temperature)
+    return [{"subset": p.subset, "prompt": p.prompt if isinstance(p.prompt, str) else json.dumps(p.prompt),
+             "p_chosen": float(q)} for p, q in zip(pairs, probs, strict=True)]

@@ -1,6 +1,6 @@
-"""Training losses: Bradley–Terry (with centering), margin hinge, Plackett–Luce listwise, ratings regression (MSE or
-Huber) and the length-decorrelation term, reward tensors in, scalar tensor out; and last_attended_index, the one rule
-for where a sequence ends in a mask. Knows nothing of models or data."""
+"""Training losses: Bradley–Terry (with centering; hard and soft labels), margin hinge, Plackett–Luce listwise,
+ratings regression (MSE or Huber) and the length-decorrelation term, reward tensors in, scalar tensor out; and
+last_attended_index, the one rule for where a sequence ends in a mask. Knows nothing of models or data."""
 
 from __future__ import annotations
 
@@ -110,6 +110,40 @@ def regression_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "mse",
         return per.mean()
     mask = mask.to(per.dtype)
     return (per * mask).sum() / mask.sum().clamp(min=1)
+def soft_bradley_terry_loss(
+    chosen: torch.Tensor,
+    rejected: torch.Tensor,
+    prob: torch.Tensor,
+    margin: torch.Tensor | None = None,
+    center_coef: float = 0.0,
+) -> torch.Tensor:
+    """Bradley–Terry with soft labels: mean of `-[p·log σ(Δ) + (1 − p)·log σ(−Δ)]`, Δ = r_c − r_r − margin.
+
+    The cross-entropy between the label's P(chosen is better) = p and the model's σ(Δ); it is smallest at
+    Δ = logit(p), so a judge's 0.7 asks for a smaller gap than its 0.99. p = 1 is `bradley_terry_loss`; a constant
+    p = 1 − ε is label smoothing (Δ can no longer grow without bound on a pair the labellers may have got wrong).
+
+    Args:
+        chosen: (B,) rewards of the responses labelled better.
+        rejected: (B,) rewards of the other responses.
+        prob: (B,) probability that `chosen` is better, each in [0, 1].
+        margin: optional (B,) required gap; 0 where absent.
+        center_coef: weight of the centering term mean((r_c + r_r)²), as in `bradley_terry_loss`.
+
+    Returns:
+        A scalar tensor. Example: Δ = [0, ln 3], p = 0.75 → (ln 2 + [0.75·ln(4/3) + 0.25·ln 4]) / 2 ≈ 0.6277.
+    """
+    if chosen.shape != rejected.shape or chosen.dim() != 1 or prob.shape != chosen.shape:
+        raise ValueError(f"chosen, rejected and prob must be equal 1-D shapes, got {tuple(chosen.shape)}, "
+                         f"{tuple(rejected.shape)} and {tuple(prob.shape)}")
+    delta = chosen - rejected  # (B,)
+    if margin is not None:
+        delta = delta - margin
+    prob = prob.to(delta.dtype)
+    loss = -(prob * F.logsigmoid(delta) + (1 - prob) * F.logsigmoid(-delta)).mean()
+    if center_coef:
+        loss = loss + center_coef * (chosen + rejected).pow(2).mean()
+    return loss
 
 
 def length_correlation_penalty(delta: torch.Tensor, length_delta: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

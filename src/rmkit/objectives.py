@@ -1,11 +1,12 @@
-"""Training objectives as batches and losses: which loss a batch of pairs gets (Bradley–Terry or hinge), ranked
-lists (Plackett–Luce, or pairs that train one objective of a multi-objective head), ratings rows (MSE or Huber
-regression), the step plan that keeps every batch one kind, and `batch_loss`, the loss of one micro-batch.
+"""Training objectives as batches and losses: which loss a batch of pairs gets (Bradley–Terry, soft-label
+Bradley–Terry or hinge), ranked lists (Plackett–Luce, or pairs that train one objective of a multi-objective head),
+ratings rows (MSE or Huber regression), the step plan that keeps every batch one kind, and `batch_loss`, the loss of one micro-batch.
 Knows tensors, encoded ids and rmkit.loss; knows nothing of files, optimisers or the loop around it.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,7 +17,14 @@ from torch import nn
 from rmkit.config import TrainingConfig
 from rmkit.data import PreferencePair
 from rmkit.encoding import EncodedPair, Encoder, Template, collate, encode_pairs, length_grouped_batches, pad_sequences, render
-from rmkit.loss import bradley_terry_loss, hinge_loss, length_correlation_penalty, plackett_luce_loss, regression_loss
+from rmkit.loss import (
+    bradley_terry_loss,
+    hinge_loss,
+    length_correlation_penalty,
+    plackett_luce_loss,
+    regression_loss,
+    soft_bradley_terry_loss,
+)
 from rmkit.targets import RatedRow, best_first, ranked_lists
 
 
@@ -28,6 +36,7 @@ class EncodedList:
     objective: int
     margin: float | None
     index: int
+    label_prob: float | None = None  # soft label of a list of two (a pair), P(first is better)
 
     @property
     def length(self) -> int:
@@ -50,15 +59,22 @@ class EncodedRating:
 Item = EncodedPair | EncodedList | EncodedRating
 
 
-def pair_loss(tc: TrainingConfig, chosen: torch.Tensor, rejected: torch.Tensor,
-              margin: torch.Tensor | None) -> torch.Tensor:
-    """The configured loss on (B,) chosen and rejected rewards: BT (margin as an offset) or hinge (the row's margin,
-    where it has one, else train.hinge_margin, as m); plus the centering term when train.center_coef is set."""
+def pair_loss(tc: TrainingConfig, chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor | None,
+              label_prob: torch.Tensor | None = None) -> torch.Tensor:
+    """The configured loss on (B,) chosen and rejected rewards: hinge (the row's margin, where it has one, else
+    train.hinge_margin, as m), Bradley–Terry (margin as an offset), or soft Bradley–Terry against each pair's label
+    probability (NaN or None: 1 − train.label_smoothing, which plain BT also uses when set); plus the centering
+    term when train.center_coef is set."""
     if tc.objective == "hinge":
         m = tc.hinge_margin if margin is None else torch.where(margin > 0, margin, torch.full_like(margin, tc.hinge_margin))
         center = tc.center_coef * (chosen + rejected).pow(2).mean() if tc.center_coef else 0.0
         return hinge_loss(chosen, rejected, m) + center
-    return bradley_terry_loss(chosen, rejected, margin, tc.center_coef)
+    if tc.objective != "soft_bradley_terry" and not tc.label_smoothing:
+        return bradley_terry_loss(chosen, rejected, margin, tc.center_coef)
+    prob = torch.full_like(chosen, 1.0 - tc.label_smoothing)  # (B,)
+    if tc.objective == "soft_bradley_terry" and label_prob is not None:
+        prob = torch.where(torch.isnan(label_prob), prob, label_prob.to(prob.device, prob.dtype))
+    return soft_bradley_terry_loss(chosen, rejected, prob, margin, tc.center_coef)
 
 
 def encode_lists(groups: Sequence[Sequence[PreferencePair]], objectives: Sequence[int], encoder: Encoder,
@@ -72,7 +88,9 @@ def encode_lists(groups: Sequence[Sequence[PreferencePair]], objectives: Sequenc
         if len({tuple(x) for x in ids}) < len(ids):
             dropped += 1
             continue
-        out.append(EncodedList(tuple(ids), objective, group[0].margin if len(group) == 1 else None, i))
+        one = len(group) == 1  # a pair: its margin and soft label carry over
+        out.append(EncodedList(tuple(ids), objective, group[0].margin if one else None, i,
+                               group[0].label_prob if one else None))
     return out, dropped
 
 
@@ -131,7 +149,7 @@ def _pairs_loss(model: nn.Module, items: Sequence[EncodedPair], pad_id: int, dev
     batch = collate(items, pad_id).to(device)
     scores = model(batch.input_ids, batch.attention_mask)  # (2b,)
     chosen, rejected = scores.float().chunk(2)  # (b,), (b,)
-    loss = pair_loss(tc, chosen, rejected, batch.margin)
+    loss = pair_loss(tc, chosen, rejected, batch.margin, batch.label_prob)
     if tc.length_decorrelation:
         chosen_len, rejected_len = batch.attention_mask.sum(1).float().chunk(2)  # (b,), (b,)
         loss = loss + tc.length_decorrelation * length_correlation_penalty(chosen - rejected, chosen_len - rejected_len)
@@ -156,9 +174,11 @@ def _lists_loss(model: nn.Module, items: Sequence[EncodedList], pad_id: int, dev
     if tc.objective == "plackett_luce":
         loss = plackett_luce_loss(scores, valid)
     else:
-        margins = [item.margin for item in items]
+        margins, probs = [item.margin for item in items], [item.label_prob for item in items]
         margin = None if all(m is None for m in margins) else torch.tensor([m or 0.0 for m in margins], device=device)
-        loss = pair_loss(tc, scores[:, 0], scores[:, 1], margin)
+        prob = None if all(p is None for p in probs) else torch.tensor(
+            [math.nan if p is None else p for p in probs], device=device)
+        loss = pair_loss(tc, scores[:, 0], scores[:, 1], margin, prob)
     return loss, scores[:, 0] - scores[:, 1]
 
 

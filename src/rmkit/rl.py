@@ -16,6 +16,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from rmkit.card import LoadOptions
+from rmkit.config import Precision
 from rmkit.dialects import nemo_rl_reward_model
 from rmkit.encoding import to_messages
 from rmkit.ensemble import RewardPath
@@ -94,25 +96,28 @@ class RewardFunction:
     any shaping given here, and `raw` is its `raw_rewards`.
 
     Args:
-        source: an rmkit model directory, a list of them (an ensemble, combined by `shaping.ensemble`), loaded
-            `Scorer`s, or the URL of an `rmkit serve`.
+        source: an rmkit model directory or plain HF reward model (folder or hub id), a list of them (an ensemble,
+            combined by `shaping.ensemble`), loaded `Scorer`s, the URL of an `rmkit serve`, or a list of URLs
+            (replicas of one server, requests spread over them).
         shaping: how scores become rewards (normalise, clip, length penalty, ensemble).
         name: the callable's `__name__`: TRL logs `rewards/{name}/mean`.
-        device: where local models run ('auto': CUDA when available).
+        options: how local models are loaded: device, dtype, tokenizer, batch_tokens, max_batch.
         timeout: seconds per HTTP request to a server.
     """
 
-    def __init__(self, source: Any, shaping: ShapingConfig, name: str = "rmkit", device: str = "auto",
+    def __init__(self, source: Any, shaping: ShapingConfig, name: str = "rmkit", options: LoadOptions | None = None,
                  timeout: float = 180.0):
-        if is_url(source):
-            self.source: Any = source.rstrip("/")
+        members = list(source) if isinstance(source, list | tuple) else [source]
+        urls = [is_url(m) for m in members]
+        if not members or (any(urls) and not all(urls)):
+            raise ValueError(f"source {source!r}: give a model directory, a non-empty list of model directories "
+                             "(an ensemble), or server URLs (replicas); models and servers cannot be mixed.")
+        if all(urls):
+            self.source: Any = source.rstrip("/") if isinstance(source, str) else [u.rstrip("/") for u in members]
         else:
-            members = list(source) if isinstance(source, list | tuple) else [source]
-            if not members or any(is_url(m) for m in members):
-                raise ValueError(f"source {source!r}: give a model directory, a non-empty list of model directories "
-                                 "(an ensemble) or one server URL; an ensemble of servers is not supported.")
             self.source = members
-        self.shaping, self.__name__, self.device, self.timeout = shaping, name, device, timeout
+        self.shaping, self.__name__, self.timeout = shaping, name, timeout
+        self.options = options or LoadOptions()
         self._backend: Any = None  # the RewardPath or RewardClient, made on first use
         self._lock = threading.Lock()  # one local forward at a time; also guards the lazy load
         self._running = running_moments(shaping)  # shared with the RewardPath, so that it survives pickling
@@ -133,7 +138,7 @@ class RewardFunction:
 
     @property
     def is_remote(self) -> bool:
-        return isinstance(self.source, str)
+        return isinstance(self.source, str) or is_url(self.source[0])
 
     def backend(self) -> Any:
         """The `RewardPath` of local models (loaded on first use), or the `RewardClient` of the server."""
@@ -143,7 +148,7 @@ class RewardFunction:
 
                 self._backend = RewardClient(self.source, timeout=self.timeout)
             elif self._backend is None:
-                scorers = [Scorer.load(m, device=self.device) if isinstance(m, str | Path) else m for m in self.source]
+                scorers = [Scorer.from_options(m, self.options) if isinstance(m, str | Path) else m for m in self.source]
                 self._backend = RewardPath(scorers, self.shaping)
                 self._backend.running = self._running
             return self._backend
@@ -248,14 +253,15 @@ class AsyncRewardFunction:
 
 
 def reward_function(source: Any, *, name: str = "rmkit", asynchronous: bool = False, device: str = "auto",
-                    timeout: float = 180.0, **shaping: Any) -> RewardFunction | AsyncRewardFunction:
+                    dtype: Precision = "fp32", tokenizer: str | None = None, batch_tokens: int = 8192,
+                    max_batch: int = 128, timeout: float = 180.0, **shaping: Any) -> RewardFunction | AsyncRewardFunction:
     """A TRL GRPO reward function backed by an rmkit reward model.
 
     Args:
         source: a model directory, a list of them (ensemble), loaded Scorers, or a server URL (http://...).
         name: `__name__` of the callable (TRL's metric prefix).
         asynchronous: return an `AsyncRewardFunction` (async def __call__) instead.
-        device: where local models run.
+        device, dtype, tokenizer, batch_tokens, max_batch: how local models are loaded (rmkit.card.LoadOptions).
         timeout: seconds per request to a server.
         **shaping: `ShapingConfig` fields. Defaults for model directories: the stored mean/std, clip ±5. For a URL
             the served scores are used as they come (the server normalises and clips with its own settings), so
@@ -266,8 +272,11 @@ def reward_function(source: Any, *, name: str = "rmkit", asynchronous: bool = Fa
         >>> f(prompts=["Name a prime."], completions=["7"], completion_ids=[[22]])  # doctest: +SKIP
         [0.81]
     """
-    cfg = ShapingConfig(**{**URL_DEFAULTS, **shaping}) if is_url(source) else ShapingConfig(**shaping)
-    fn = RewardFunction(source, cfg, name=name, device=device, timeout=timeout)
+    remote = is_url(source) or (isinstance(source, list | tuple) and bool(source) and all(map(is_url, source)))
+    cfg = ShapingConfig(**{**URL_DEFAULTS, **shaping}) if remote else ShapingConfig(**shaping)
+    options = LoadOptions(device=device, dtype=dtype, tokenizer=tokenizer, batch_tokens=batch_tokens,
+                          max_batch=max_batch)
+    fn = RewardFunction(source, cfg, name=name, options=options, timeout=timeout)
     return AsyncRewardFunction(fn) if asynchronous else fn
 
 
@@ -289,7 +298,8 @@ class RewardModelEnvironment:
     prompt, rendered with the reward model's own template. Rewards are shaped like every other rmkit path.
 
     Args:
-        source: a RewardFunction, or anything `reward_function` takes (then **shaping applies).
+        source: a RewardFunction, or anything `reward_function` takes (then **options apply: shaping fields and
+            the load options device, dtype, tokenizer, batch_tokens, max_batch, as NeMo RL's precision/batch_size).
     """
 
     METRIC_PREFIX = "reward_model_env"

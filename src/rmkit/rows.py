@@ -1,7 +1,10 @@
 """read_rows: any container → (origin, row dict) pairs; knows nothing about preference formats or their keys. Also
 the project's one home for writing JSON files: write_jsonl and write_json (atomic), and MetricsLog (metrics.jsonl).
 
-Containers: .jsonl, .json, .csv, .parquet, a `datasets` save_to_disk folder, a `datasets.Dataset` or a list of dicts.
+Containers: .jsonl, .json, .csv, .parquet, a `datasets` save_to_disk folder, a `datasets.Dataset`, a list of dicts,
+or a `datasets.load_dataset` source: a hub name ("NAME" or "NAME:SPLIT", split 'train' by default) or a local folder
+of data files that save_to_disk did not write. The text formats may be gzip-compressed (.jsonl.gz, .json.gz, .csv.gz),
+read as a stream.
 Each row comes with its origin, "path:line" (1-based line for JSONL/CSV, 1-based row index for JSON/Parquet/datasets;
 "<memory>:i" in memory), so that every error can name where it is. Heavy readers (pyarrow, datasets) load on first use.
 """
@@ -10,16 +13,18 @@ from __future__ import annotations
 
 import codecs
 import csv
+import gzip
 import json
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+import zlib
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+SUFFIXES = (".jsonl", ".json", ".csv", ".parquet", ".jsonl.gz", ".json.gz", ".csv.gz")
 
 
 class DataError(ValueError):
@@ -60,15 +65,49 @@ def rows_or_errors(source: Any) -> Iterator[tuple[str, dict | DataError]]:
     if not isinstance(source, str | Path):
         raise TypeError(f"source is a {type(source).__name__}; pass a path, a datasets.Dataset or a list of dicts.")
     path = Path(source)
+    if path.is_dir() and not any((path / f).exists() for f in SAVED_MARKERS):
+        return _hub_rows(str(source))  # a dataset folder of data files, read by datasets.load_dataset
     if path.is_dir():
         return _dataset_rows(str(source), None)
     if not path.exists():
-        raise DataError(f"{source}: no such file. Check the path.")
-    suffix = path.suffix.lower()
+        folder = str(source).rpartition(":")[0]
+        local = path.suffix.lower() in SUFFIXES or path.is_absolute() or str(source).startswith(".")
+        if local and not (folder and Path(folder).is_dir()):
+            raise DataError(f"{source}: no such file. Check the path.")
+        return _hub_rows(str(source))  # a hub name, or FOLDER:SPLIT
+    suffix = "".join(path.suffixes[-2:]).lower() if path.suffix.lower() == ".gz" else path.suffix.lower()
     if suffix not in SUFFIXES:
         raise DataError(f"{source}: unsupported file type {suffix!r}. Supported: {', '.join(SUFFIXES)}, or a folder "
                         "written by datasets' save_to_disk.")
-    return {".jsonl": _jsonl_rows, ".json": _json_rows, ".csv": _csv_rows, ".parquet": _parquet_rows}[suffix](path)
+    reader = {".jsonl": _jsonl_rows, ".json": _json_rows, ".csv": _csv_rows, ".parquet": _parquet_rows}
+    read = reader[suffix.removesuffix(".gz")]
+    return _gunzip_errors(path, read) if suffix.endswith(".gz") else read(path)
+
+
+def _open_bytes(path: Path):
+    """A binary stream of the file's content, decompressed on the fly when its name ends in .gz."""
+    return gzip.open(path, "rb") if path.suffix.lower() == ".gz" else path.open("rb")
+
+
+def _open_text(path: Path, newline: str | None = None):
+    """A text stream of the file, decompressed on the fly when its name ends in .gz."""
+    if path.suffix.lower() == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8-sig", newline=newline)
+    return path.open(encoding="utf-8-sig", newline=newline)
+
+
+def _gunzip_errors(path: Path, read: Callable[[Path], Iterator[tuple[str, dict | DataError]]]
+                   ) -> Iterator[tuple[str, dict | DataError]]:
+    """read(path), with a damaged gzip stream raised as a DataError naming the file and the last row read before it."""
+    last = f"{path}:0"
+    try:
+        for origin, row in read(path):
+            last = origin
+            yield origin, row
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise DataError(f"{path}:{int(last.rsplit(':', 1)[1]) + 1}: the gzip stream is damaged after row "
+                        f"{last.rsplit(':', 1)[1]} ({type(e).__name__}: {e}). "
+                        "Check that the file was copied completely, or decompress and fix it.") from None
 
 
 def _objects(name: str, numbered: Iterable[tuple[int, Any]]) -> Iterator[tuple[str, dict | DataError]]:
@@ -80,7 +119,7 @@ def _objects(name: str, numbered: Iterable[tuple[int, Any]]) -> Iterator[tuple[s
 def _first_bad_byte(path: Path, chunk: int = 1 << 20) -> tuple[int, int, bytes]:
     """(byte offset, 1-based line, up to 4 bytes) of the first byte of `path` that is not UTF-8."""
     decoder, offset, newlines = codecs.getincrementaldecoder("utf-8")(), 0, 0
-    with path.open("rb") as f:
+    with _open_bytes(path) as f:  # a .gz file: offsets in the decompressed text
         while True:
             data = f.read(chunk)
             pending = decoder.getstate()[0]  # bytes of a character cut by the previous chunk
@@ -104,13 +143,13 @@ def _utf8(path: Path) -> Iterator[None]:
         offset, line, bad = _first_bad_byte(path)
         with path.open("rb") as f:
             gzipped = f.read(2) == b"\x1f\x8b"
-        hint = ("it is gzip-compressed: decompress it (gunzip)" if gzipped else
+        hint = ("it is gzip-compressed: decompress it (gunzip) or name it *.gz" if gzipped and path.suffix != ".gz" else
                 "save it as UTF-8 (for example `iconv -f latin1 -t utf-8`), or check that it is not a binary file")
         raise DataError(f"{path}:{line}: not UTF-8 text (byte offset {offset}: 0x{bad.hex()}); {hint}.") from None
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict | DataError]]:
-    with _utf8(path), path.open(encoding="utf-8-sig") as f:
+    with _utf8(path), _open_text(path) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -125,8 +164,8 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict | DataError]]:
 
 def _json_rows(path: Path) -> Iterator[tuple[str, dict | DataError]]:
     try:
-        with _utf8(path):
-            data = json.loads(path.read_text(encoding="utf-8-sig"))
+        with _utf8(path), _open_text(path) as f:
+            data = json.loads(f.read())
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: invalid JSON ({e}). Fix it, or use .jsonl for one row per line.") from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):
@@ -150,7 +189,7 @@ def _csv_cell(cell: str) -> Any:
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[str, dict | DataError]]:
-    with _utf8(path), path.open(encoding="utf-8-sig", newline="") as f:
+    with _utf8(path), _open_text(path, newline="") as f:
         reader = csv.reader(f)
         header = next(reader, [])
         while True:
@@ -179,6 +218,27 @@ def _parquet_rows(path: Path) -> Iterator[tuple[str, dict | DataError]]:
         for row in batch.to_pylist():
             i += 1
             yield f"{path}:{i}", row
+
+
+SAVED_MARKERS = ("state.json", "dataset_info.json", "dataset_dict.json")  # what save_to_disk writes
+
+
+def _hub_rows(spec: str) -> Iterator[tuple[str, dict | DataError]]:
+    """Rows of `datasets.load_dataset(NAME, split=SPLIT)` for "NAME" or "NAME:SPLIT" (split 'train' by default):
+    a hub name (downloaded, or from the datasets cache when offline) or a local folder of data files."""
+    import datasets
+
+    name, _, split = spec.rpartition(":") if ":" in spec and not Path(spec).exists() else (spec, "", "train")
+    try:
+        dataset = datasets.load_dataset(name, split=split or "train")
+    except Exception as e:  # datasets raises many kinds (not found, offline, bad split): one DataError for all
+        if Path(spec).is_dir():
+            raise DataError(f"{spec}: a folder, but not one written by datasets' save_to_disk, nor one of data files "
+                            f"that datasets.load_dataset reads ({type(e).__name__}: {e}).") from e
+        raise DataError(f"{spec}: neither a file nor a loadable datasets name ({type(e).__name__}: {e}). Give a "
+                        f"{'/'.join(SUFFIXES)} file, a save_to_disk folder, or a datasets name as NAME or "
+                        "NAME:SPLIT.") from e
+    return _objects(f"{name}[{split or 'train'}]", enumerate(dataset, 1))
 
 
 def _dataset_rows(name: str, dataset: Any) -> Iterator[tuple[str, dict | DataError]]:

@@ -34,6 +34,7 @@ class Keys:
     chosen: str = "chosen"  # pairs
     rejected: str = "rejected"  # pairs
     margin: str = "margin"  # pairs: optional numeric margin
+    label_prob: str = "judge_prob_chosen"  # pairs: optional soft label, P(chosen is better) in [0, 1]
     response: str = "response"  # ratings: the rated answer; graded: each completion's answer
     score: str = "score"  # ratings: the rating (HelpSteer2's `helpfulness` when absent)
     context: str = "context"  # ranked and HelpSteer3: the prompt
@@ -72,6 +73,14 @@ def number(value: Any, field: str) -> float:
     if not math.isfinite(value):
         raise RowError(f"{field!r} is {value}", f"Give {field!r} a finite number.")
     return float(value)
+
+
+def probability(value: Any, field: str) -> float:
+    """A soft label: a number in [0, 1]."""
+    p = number(value, field)
+    if not 0 <= p <= 1:
+        raise RowError(f"{field!r} is {p}, not a probability", f"Give {field!r} as P(chosen is better) in [0, 1].")
+    return p
 
 
 def _get(row: dict, key: str, hint: str) -> Any:

@@ -12,17 +12,35 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from rmkit.card import LoadOptions
+from rmkit.config import Precision
 from rmkit.encoding import Encoder, pad_sequences, render, token_budget_batches
 from rmkit.metrics import bt_probability
-from rmkit.model import ModelCard, RewardModel, load_model
+from rmkit.model import ModelCard, RewardModel, bf16_supported, load_model, quantize_int8
 
 log = logging.getLogger(__name__)
+__all__ = ["LoadOptions", "Precision", "Scorer"]  # their homes: rmkit.card, rmkit.config
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.float32}
 
 
 def pick_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def torch_dtype(precision: Precision | torch.dtype, device: torch.device) -> torch.dtype:
+    """The dtype the weights load in: 'auto' → bf16 on a CUDA device that supports it, else fp32."""
+    if isinstance(precision, torch.dtype):
+        return precision
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" and bf16_supported() else torch.float32
+    if precision not in _DTYPES:
+        raise ValueError(f"dtype={precision!r}; choose one of auto, {', '.join(_DTYPES)}")
+    if precision == "int8" and device.type != "cpu":
+        raise ValueError(f"dtype='int8' is CPU scoring (dynamic quantisation); the device is {device}: use bf16 there")
+    return _DTYPES[precision]
 
 
 class Scorer:
@@ -45,13 +63,33 @@ class Scorer:
         self.max_tokens = max_tokens
         self.max_batch = max_batch
         self.progress = progress
-        self.encoder = Encoder(tokenizer, card.max_length, card.add_special_tokens)
+        self.encoder = Encoder(tokenizer, card.max_length, card.add_special_tokens, card.truncation)
         self.device = next(model.parameters()).device
 
     @classmethod
-    def load(cls, model_dir: str | Path, device: str = "auto", dtype: torch.dtype = torch.float32, **kwargs: Any) -> Scorer:
-        model, tokenizer, card = load_model(model_dir, pick_device(device), dtype)
-        return cls(model, tokenizer, card, name=Path(model_dir).resolve().name, **kwargs)
+    def load(cls, model_dir: str | Path, device: str = "auto", dtype: Precision | torch.dtype = "fp32",
+             tokenizer: str | None = None, trust_remote_code: bool = False, **kwargs: Any) -> Scorer:
+        """A Scorer of an rmkit model directory, or of a plain HF reward model folder or hub id (rmkit.card's rule).
+
+        Args:
+            device: 'auto' (CUDA when present), 'cpu', 'cuda:1', ...
+            dtype: see Precision.
+            tokenizer: a separate tokenizer folder or hub id (default: the model's own).
+            trust_remote_code: run the model repository's own code (off unless asked).
+            kwargs: Scorer options (max_tokens, max_batch, progress).
+        """
+        where = pick_device(device)
+        model, tok, card = load_model(model_dir, where, torch_dtype(dtype, where), tokenizer, trust_remote_code)
+        if dtype == "int8":
+            quantize_int8(model)
+        name = Path(model_dir).resolve().name if Path(model_dir).exists() else str(model_dir).rstrip("/").split("/")[-1]
+        return cls(model, tok, card, name=name, **kwargs)
+
+    @classmethod
+    def from_options(cls, model_dir: str | Path, options: LoadOptions, progress: bool = False) -> Scorer:
+        o = options
+        return cls.load(model_dir, o.device, o.dtype, o.tokenizer, o.trust_remote_code, max_tokens=o.batch_tokens,
+                        max_batch=o.max_batch, progress=progress)
 
     def render(self, prompt: str | Sequence[dict], response: str | Sequence[dict]) -> str:
         return render(prompt, response, self.tokenizer, self.card.template)
@@ -68,15 +106,26 @@ class Scorer:
 
     def score_ids(self, ids: Sequence[Sequence[int]]) -> list[float]:
         """Rewards of token id lists: longest first, batched by the token budget, answered in input order. A
-        multi-objective model's reward is its saved weighting of the objectives (rmkit.json objective_weights)."""
+        model with several outputs gives its saved weighting of them (card.weights: objective_weights, or one-hot at
+        a plain HF model's reward_index)."""
         return self._forward(ids, per_objective=False)[:, 0].tolist()
 
     def score_objectives_ids(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
-        """(N, K) per-objective outputs of token id lists (K = len(card.objectives)), in input order."""
+        """(N, K) outputs of token id lists (K = len(card.outputs)), in input order."""
         return self._forward(ids, per_objective=True)
 
+    def score_attributes(self, prompts: Sequence[Any], responses: Sequence[Any]) -> dict[str, list[float]]:
+        """Every named output of a multi-output model (card.outputs: a trained model's objectives or a plain HF
+        model's id2label labels): {name: one value per pair}."""
+        if len(self.card.outputs) < 2:
+            raise ValueError(f"{self.name} has one output, the reward: use score()")
+        texts = [self.render(p, r) for p, r in zip(prompts, responses, strict=True)]
+        out = self.score_objectives_ids(self.encoder.encode(texts))  # (N, K)
+        return {name: out[:, i].tolist() for i, name in enumerate(self.card.outputs)}
+
     def _forward(self, ids: Sequence[Sequence[int]], per_objective: bool) -> np.ndarray:
-        out = np.empty((len(ids), len(self.card.objectives) if per_objective else 1), dtype=np.float64)
+        """THE forward of every scoring call: (N, K) outputs, or (N, 1) rewards; longest first, in input order."""
+        out = np.empty((len(ids), len(self.card.outputs) if per_objective else 1), dtype=np.float64)
         batches = token_budget_batches([len(s) for s in ids], self.max_tokens, self.max_batch)
         pad = self.tokenizer.pad_token_id
         with torch.inference_mode():

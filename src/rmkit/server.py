@@ -7,7 +7,7 @@ its single forward thread: the event loop never runs a forward. Request bodies a
 rmkit.routes, the encode → batch → shape path in rmkit.service, wire formats in rmkit.protocols, auth/limits/metrics
 in rmkit.gateway; this module wires them together at start-up and knows no model internals.
 
-ServeConfig lives in rmkit.config (re-exported here), so that reading one needs no web framework.
+ServeConfig lives in rmkit.serveconfig (re-exported here), so that reading one needs no web framework.
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ from fastapi.responses import JSONResponse
 
 from rmkit import playground
 from rmkit.batcher import MicroBatcher, QueueFull
-from rmkit.config import ServeConfig as ServeConfig  # re-exported: callers import it from here
-from rmkit.config import load_serve_config as load_serve_config
 from rmkit.ensemble import RewardPath
 from rmkit.gateway import Gateway, Metrics
 from rmkit.moments import load_moments, save_moments
 from rmkit.routes import ROUTERS
+from rmkit.serveconfig import ServeConfig as ServeConfig  # re-exported: callers import it from here
+from rmkit.serveconfig import load_serve_config as load_serve_config
 from rmkit.service import Limits, RewardBackend, RewardService
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def create_app(load_backend: Callable[[], RewardBackend], cfg: ServeConfig) -> F
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         backend = await run_in_threadpool(load_backend)  # once, before the first request; never at import
-        batcher = MicroBatcher(backend.forward, max_tokens=cfg.batch_tokens, max_batch=cfg.batch_size,
+        batcher = MicroBatcher(backend.forward, max_tokens=cfg.batch_tokens, max_batch=cfg.max_batch,
                                max_wait_s=cfg.max_wait_ms / 1000, max_queue=cfg.queue_size,
                                on_batch=metrics.observe_batch)
         metrics.queue_depth = lambda: batcher.depth
@@ -92,6 +92,13 @@ def add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, crashed)
 
 
+def load_reward_path(cfg: ServeConfig) -> RewardPath:
+    """The RewardPath a ServeConfig describes (what `rmkit serve` loads at start-up)."""
+    return RewardPath.load(cfg.model_dirs, cfg.shaping, device=cfg.device, max_length=cfg.max_length,
+                           max_tokens=cfg.batch_tokens, max_batch=cfg.max_batch, dtype=cfg.dtype,
+                           tokenizer=cfg.tokenizer, trust_remote_code=cfg.trust_remote_code)
+
+
 def serve(cfg: ServeConfig) -> None:
     """Load the model(s) and serve until SIGINT/SIGTERM; in-flight requests get shutdown_timeout_s to finish."""
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not cfg.token:
@@ -102,9 +109,5 @@ def serve(cfg: ServeConfig) -> None:
 
         torch.set_num_threads(cfg.threads)
 
-    def load() -> RewardPath:
-        return RewardPath.load(cfg.model_dirs, cfg.shaping, device=cfg.device, max_length=cfg.max_length,
-                               max_tokens=cfg.batch_tokens, max_batch=cfg.batch_size)
-
-    uvicorn.run(create_app(load, cfg), host=cfg.host, port=cfg.port, access_log=False, log_level="info",
+    uvicorn.run(create_app(lambda: load_reward_path(cfg), cfg), host=cfg.host, port=cfg.port, access_log=False, log_level="info",
                 timeout_graceful_shutdown=cfg.shutdown_timeout_s)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Sequence
+from typing import Any
 
 from rmkit.config import DataConfig
 from rmkit.data import PreferencePair, read_pairs, text_key
@@ -36,12 +38,14 @@ def split_by_prompt(pairs: list[PreferencePair], val_fraction: float, test_fract
     return train, val, test
 
 
-def load_splits(cfg: DataConfig, seed: int) -> dict[str, list[PreferencePair]]:
-    """Read every file, split each by prompt hash, and (optionally) oversample smaller files' training pairs."""
+def load_splits(cfg: DataConfig, seed: int, sources: Sequence[Any] | None = None) -> dict[str, list[PreferencePair]]:
+    """Read every file, split each by prompt hash, and (optionally) oversample smaller files' training pairs.
+
+    `sources` (datasets.Dataset objects, lists of dicts or paths) are read instead of cfg.paths when given."""
     per_file: list[list[PreferencePair]] = []
     val: list[PreferencePair] = []
     test: list[PreferencePair] = []
-    for path in cfg.paths:
+    for path in cfg.paths if sources is None else sources:
         pairs = read_pairs(path, format=cfg.format, skip_bad=cfg.skip_bad, **cfg.column_keys())
         train_part, val_part, test_part = split_by_prompt(pairs, cfg.val_fraction, cfg.test_fraction, cfg.split_salt)
         per_file.append(train_part)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,13 +25,14 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from rmkit import checkpoint, metrics, objectives
+from rmkit.build import load_for_training
 from rmkit.calibration import calibrate
 from rmkit.config import DataConfig, OptimConfig, TrainConfig, TrainingConfig, dump_config
 from rmkit.data import PreferencePair
 from rmkit.encoding import EncodedPair, Encoder, encode_pairs
 from rmkit.evaluation import evaluate, format_summary
 from rmkit.loss import bradley_terry_loss
-from rmkit.model import ModelCard, RewardModel, load_for_training, mixed_precision, save_model
+from rmkit.model import ModelCard, RewardModel, mixed_precision, save_model
 from rmkit.modelcard import run_summary, write_model_card
 from rmkit.rows import MetricsLog, write_json
 from rmkit.scoring import Scorer
@@ -180,15 +182,18 @@ class Trainer:
         return self.out / "checkpoints"
 
 
-def train(cfg: TrainConfig) -> Path:
-    """Train a reward model as `cfg` says; returns the run directory (model/ inside is the trained model)."""
+def train(cfg: TrainConfig, sources: Sequence[Any] | None = None) -> Path:
+    """Train a reward model as `cfg` says; returns the run directory (model/ inside is the trained model).
+
+    `sources`: preference data read instead of cfg.data.paths, e.g. a `datasets.Dataset` already in memory (each
+    source is split by prompt hash like a file)."""
     tc, out, run_started = cfg.train, Path(cfg.train.out_dir), time.perf_counter()
     accelerator = make_accelerator(tc)
     set_seed(tc.seed)
     if accelerator.is_main_process:
         write_config(cfg, out)
-    model, tokenizer, card = load_for_training(cfg.model, cfg.data.max_length)
-    data = load_data(cfg.data, tc, tokenizer, card)
+    model, tokenizer, card = load_for_training(cfg.model, cfg.data.max_length, cfg.data.truncation)
+    data = load_data(cfg.data, tc, tokenizer, card, sources)
     plan = StepPlan(data.train, tc.batch_size * accelerator.num_processes,
                     accelerator.num_processes, tc.seed, tc.length_grouping, tc.grad_accum)
     total_steps = tc.max_steps or math.ceil(tc.epochs * plan.steps_per_epoch)
@@ -255,14 +260,15 @@ def make_accelerator(tc: TrainingConfig) -> Accelerator:
     return accelerator
 
 
-def load_data(cfg: DataConfig, tc: TrainingConfig, tokenizer: Any, card: ModelCard) -> TrainData:
-    """Read and split the pairs (and ratings), encode the training items of the objective and the validation pairs,
-    and refuse what cannot be trained."""
-    splits = load_splits(cfg, tc.seed)
+def load_data(cfg: DataConfig, tc: TrainingConfig, tokenizer: Any, card: ModelCard,
+              sources: Sequence[Any] | None = None) -> TrainData:
+    """Read and split the pairs (`sources` instead of cfg.paths when given) and ratings, encode the training items
+    of the objective and the validation pairs, and refuse what cannot be trained."""
+    splits = load_splits(cfg, tc.seed, sources)
     ratings, rated_val, rated_test = load_rated_splits(cfg.ratings_paths, card.objectives, card.objective_weights,
                                                        cfg.val_fraction, cfg.test_fraction, cfg.split_salt)
     splits["val"], splits["test"] = splits["val"] + rated_val, splits["test"] + rated_test
-    encoder = Encoder(tokenizer, card.max_length, card.add_special_tokens)
+    encoder = Encoder(tokenizer, card.max_length, card.add_special_tokens, card.truncation)
     pair_objectives = [objective_index(p, cfg.paths, cfg.objective_of, card.objectives) for p in splits["train"]]
     train_set, dropped = objectives.encode_training(splits["train"], pair_objectives, ratings, encoder, card.template,
                                                     tc, len(card.objectives))
