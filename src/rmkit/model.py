@@ -288,7 +288,9 @@ def _load_custom(model_dir: Path, card: ModelCard, dtype: torch.dtype) -> nn.Mod
         hf = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=dtype)
     finally:
         hf_logging.set_verbosity(verbosity)
-    return load_custom_weights(_attach_saved(hf, card).to(dtype), model_dir, card.head, card.pooling)
+    hf = _attach_saved(hf, card).to(dtype)
+    load_custom_weights(hf, model_dir, card.head, card.pooling)
+    return hf
 
 
 def quantize_int8(model: RewardModel) -> RewardModel:
