@@ -26,8 +26,9 @@ from rmkit.encoding import pad_sequences
 
 def build_model_dir(backbone: str, max_length: int, out: Path) -> Path:
     """An rmkit model directory of `backbone` with a fresh (seeded) score head: throughput does not need training."""
+    from rmkit.build import load_for_training
     from rmkit.config import ModelConfig
-    from rmkit.model import load_for_training, save_model
+    from rmkit.model import save_model
 
     torch.manual_seed(0)
     model, tokenizer, card = load_for_training(ModelConfig(path=backbone, finetune="full"), max_length=max_length)

@@ -91,8 +91,9 @@ def load_backbone(s: Settings):
     """
     from accelerate.utils import set_seed
 
+    from rmkit.build import load_for_training
     from rmkit.config import ModelConfig
-    from rmkit.model import head, load_for_training
+    from rmkit.model import head
 
     set_seed(s.seed)
     start = time.perf_counter()

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from rmkit.build import load_for_training
 from rmkit.config import ModelConfig
-from rmkit.model import load_for_training, save_model
+from rmkit.model import save_model
 
 torch.set_num_threads(2)
 

@@ -14,13 +14,13 @@ import rmkit
 SRC = Path(rmkit.__file__).parent
 LAYERS = [
     # 0 pure: arrays, tensors or JSON values in and out; no files, models or HTTP
-    {"loss", "metrics", "diagnostics", "shaping", "contract", "protocols", "gym", "rowshapes", "dialects"},
+    {"loss", "metrics", "diagnostics", "shaping", "contract", "protocols", "gym", "rowshapes", "dialects", "rules"},
     # 1 I/O: files, configs, tokenizers, checkpoints, the model
-    {"rows", "config", "serveconfig", "data", "splits", "encoding", "backbones", "card", "model", "checkpoint", "moments",
-     "sharding"},
+    {"rows", "config", "serveconfig", "data", "splits", "targets", "encoding", "backbones", "card", "heads", "model",
+     "build", "checkpoint", "moments", "objectives", "sharding"},
     # 2 engine: scoring and what builds on it, the HTTP plumbing
     {"scoring", "ensemble", "calibration", "evaluation", "report", "selection", "batcher", "gateway", "client",
-     "service", "modelcard"},
+     "service", "modelcard", "composition"},
     # 3 edges: recipes, the server, the RL adapters
     {"training", "routes", "playground", "server", "rl", "rollouts", "grpo"},
     # 4 the command line

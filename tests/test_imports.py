@@ -16,7 +16,7 @@ import rmkit
 
 SRC = Path(rmkit.__file__).parent
 MODULES = sorted(f"rmkit.{m.name}" for m in pkgutil.iter_modules([str(SRC)]) if m.name != "__main__")  # runs the CLI
-PURE = {"loss": {"torch"}, "metrics": {"numpy"}, "shaping": {"numpy", "pydantic", "torch"}}
+PURE = {"loss": {"torch"}, "metrics": {"numpy"}, "shaping": {"numpy", "pydantic", "torch"}, "rules": {"numpy", "pydantic"}}
 
 
 @pytest.mark.parametrize("name", MODULES)

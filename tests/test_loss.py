@@ -3,7 +3,14 @@ import math
 import pytest
 import torch
 
-from rmkit.loss import bradley_terry_loss, length_correlation_penalty, soft_bradley_terry_loss
+from rmkit.loss import (
+    bradley_terry_loss,
+    hinge_loss,
+    length_correlation_penalty,
+    plackett_luce_loss,
+    regression_loss,
+    soft_bradley_terry_loss,
+)
 
 
 def test_bt_loss_matches_hand_worked_values():
@@ -68,6 +75,51 @@ def test_length_correlation_penalty_gradient_pushes_towards_zero_correlation():
     assert after < before
 
 
+def test_hinge_loss_matches_hand_worked_values():
+    """Δ = [2, 0.5, −1], m = 1: max(0, 1 − Δ) = [0, 0.5, 2]; mean 2.5 / 3 ≈ 0.8333."""
+    loss = hinge_loss(torch.tensor([2.0, 0.5, -1.0]), torch.zeros(3), margin=1.0)
+    assert loss.item() == pytest.approx(2.5 / 3)
+
+
+def test_hinge_loss_takes_a_margin_per_row():
+    """Δ = [1, 1], m = [0.5, 3]: [0, 2] → mean 1."""
+    loss = hinge_loss(torch.tensor([1.0, 1.0]), torch.zeros(2), margin=torch.tensor([0.5, 3.0]))
+    assert loss.item() == pytest.approx(1.0)
+
+
+def test_plackett_luce_matches_hand_worked_values():
+    """[ln 3, 0, 0]: first pick −log(3/5) = ln 5 − ln 3 ≈ 0.5108; second −log(1/2) ≈ 0.6931; total ≈ 1.2040."""
+    loss = plackett_luce_loss(torch.tensor([[math.log(3), 0.0, 0.0]]))
+    assert loss.item() == pytest.approx(math.log(5) - math.log(3) + math.log(2), abs=1e-6)
+
+
+def test_plackett_luce_with_two_items_is_bradley_terry_and_padding_is_ignored():
+    """K = 2 rows equal BT; a 3-column row whose third entry is masked equals its 2-column self."""
+    scores = torch.tensor([[1.0, math.log(3) - 1.0], [0.5, 2.0]])
+    bt = bradley_terry_loss(scores[:, 0], scores[:, 1])
+    assert plackett_luce_loss(scores).item() == pytest.approx(bt.item(), abs=1e-6)
+    padded = torch.cat([scores, torch.tensor([[100.0], [-7.0]])], dim=1)
+    mask = torch.tensor([[True, True, False], [True, True, False]])
+    assert plackett_luce_loss(padded, mask).item() == pytest.approx(bt.item(), abs=1e-6)
+    with pytest.raises(ValueError, match="at least two"):
+        plackett_luce_loss(padded, torch.tensor([[True, False, False], [True, True, False]]))
+
+
+def test_regression_loss_mse_and_huber_match_hand_worked_values():
+    """pred [0, 0], target [1, 3]: mse (1 + 9)/2 = 5; huber δ=1: 0.5·1² = 0.5 and 1·(3 − 0.5) = 2.5 → 1.5."""
+    pred, target = torch.zeros(2), torch.tensor([1.0, 3.0])
+    assert regression_loss(pred, target, "mse").item() == pytest.approx(5.0)
+    assert regression_loss(pred, target, "huber", delta=1.0).item() == pytest.approx(1.5)
+
+
+def test_regression_loss_averages_only_rated_entries():
+    """(2, 2) with one missing rating: errors 1, 4, 9 over three rated entries → mse 14/3."""
+    pred = torch.zeros(2, 2)
+    target = torch.tensor([[1.0, 2.0], [3.0, 100.0]])
+    mask = torch.tensor([[True, True], [True, False]])
+    assert regression_loss(pred, target, "mse", mask=mask).item() == pytest.approx(14 / 3)
+    with pytest.raises(ValueError, match="unknown regression loss"):
+        regression_loss(pred, target, "l1")
 def test_soft_bt_loss_matches_hand_worked_values():
     """p = 0.75. Δ = 0: -(0.75 ln ½ + 0.25 ln ½) = ln 2 ≈ 0.6931. Δ = ln 3: σ = ¾, σ(−Δ) = ¼:
     0.75·ln(4/3) + 0.25·ln 4 = 0.2158 + 0.3466 = 0.5623. Mean ≈ 0.6277."""

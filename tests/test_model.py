@@ -105,8 +105,8 @@ def test_missing_rmkit_json_is_a_clear_error(tmp_path):
 
 
 def test_freezing_lower_layers_stops_their_gradients():
+    from rmkit.build import load_for_training
     from rmkit.config import ModelConfig
-    from rmkit.model import load_for_training
 
     model, _, _ = load_for_training(ModelConfig(path="tiny-llama", freeze_layers=1), max_length=32)
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}

@@ -35,7 +35,8 @@ class FakeScorer:
     name = "fake"
 
     def __init__(self, scores: list[float], mean: float = 1.0, std: float = 2.0):
-        self.scores, self.card = scores, SimpleNamespace(reward_mean=mean, reward_std=std)
+        self.scores, self.card = scores, SimpleNamespace(reward_mean=mean, reward_std=std, outputs=["reward"],
+                                                         weights=[1.0])
         self.encoder = SimpleNamespace(encode=lambda texts: [[0] for _ in texts])
         self.tokenizer = lambda texts, **kw: {"input_ids": [[0] * len(t) for t in texts]}
 

@@ -34,8 +34,8 @@ def weights(run: Path) -> dict[str, torch.Tensor]:
 
 
 def test_training_overfits_sixteen_pairs_and_moves_every_weight(pairs_file, tmp_path):
+    from rmkit.build import load_for_training
     from rmkit.evaluation import evaluate
-    from rmkit.model import load_for_training
     from rmkit.scoring import Scorer
 
     cfg = config(pairs_file, tmp_path / "run", "train.epochs=12", "optim.lr=3e-3", "optim.schedule=constant")
@@ -336,16 +336,15 @@ def test_pair_loss_uses_soft_labels_label_smoothing_or_plain_bt_as_configured():
     pair 1 p = 0.75 → 0.5623; pair 2 p = 0.9 → 0.9·ln(4/3) + 0.1·ln 4 = 0.3976; mean ≈ 0.4800. Smoothing alone
     under plain BT ignores the labels: p = 0.9 for both → 0.3976."""
     from rmkit.config import TrainingConfig
-    from rmkit.encoding import Batch
-    from rmkit.training import pair_loss
+    from rmkit.objectives import pair_loss
 
     chosen, rejected = torch.tensor([math.log(3)] * 2), torch.zeros(2)
-    batch = Batch(torch.zeros(4, 1, dtype=torch.long), torch.ones(4, 1), None, torch.tensor([0.75, math.nan]))
-    assert pair_loss(TrainingConfig(), chosen, rejected, batch).item() == pytest.approx(math.log(4 / 3), abs=1e-4)
+    probs = torch.tensor([0.75, math.nan])
+    assert pair_loss(TrainingConfig(), chosen, rejected, None, probs).item() == pytest.approx(math.log(4 / 3), abs=1e-4)
     soft = TrainingConfig(objective="soft_bradley_terry", label_smoothing=0.1)
-    assert pair_loss(soft, chosen, rejected, batch).item() == pytest.approx(0.4800, abs=1e-4)
+    assert pair_loss(soft, chosen, rejected, None, probs).item() == pytest.approx(0.4800, abs=1e-4)
     smoothed = TrainingConfig(label_smoothing=0.1)
-    assert pair_loss(smoothed, chosen, rejected, batch).item() == pytest.approx(0.3976, abs=1e-4)
+    assert pair_loss(smoothed, chosen, rejected, None, probs).item() == pytest.approx(0.3976, abs=1e-4)
 
 
 def test_soft_labels_keep_the_reward_gap_near_the_label_logit(tmp_path):

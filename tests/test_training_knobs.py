@@ -114,7 +114,7 @@ def test_warmup_then_schedule_gives_the_learning_rate_worked_by_hand(pairs_file,
 
 
 def test_head_lr_applies_to_the_score_head_only_for_full_and_lora_models():
-    from rmkit.model import load_for_training
+    from rmkit.build import load_for_training
 
     for backbone, finetune, heads in (("tiny-llama", "full", {"hf.score.weight"}),
                                       ("tiny-bert", "full", {"hf.classifier.weight", "hf.classifier.bias"}),
@@ -133,7 +133,7 @@ def test_head_lr_applies_to_the_score_head_only_for_full_and_lora_models():
 
 def test_weight_decay_shrinks_matrices_and_leaves_biases_and_norms_alone():
     """Zero gradients: Adam's step is 0, so a decayed parameter becomes p · (1 − lr · wd) = p · 0.95 exactly."""
-    from rmkit.model import load_for_training
+    from rmkit.build import load_for_training
 
     model, _, _ = load_for_training(load_config(None, ["model.path=tiny-bert"]).model, 64)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -152,8 +152,8 @@ def test_center_coef_adds_its_weighted_mean_squared_reward_sum_to_the_logged_los
     """One step over all 16 pairs: loss(center_coef=2) − loss(0) = 2 · mean((r_c + r_r)²) at the initial weights."""
     from accelerate.utils import set_seed
 
+    from rmkit.build import load_for_training
     from rmkit.data import read_pairs
-    from rmkit.model import load_for_training
     from rmkit.scoring import Scorer
 
     plain = rows(run(pairs_file, tmp_path / "plain", "train.batch_size=16", "train.max_steps=1"))[0]["loss"]

@@ -29,10 +29,11 @@ from rmkit import __version__
 from rmkit.backbones import ENCODER_TYPES
 from rmkit.config import Precision
 from rmkit.encoding import Template, Truncation, default_template
+from rmkit.heads import Activation, Head
 
 FORMAT_VERSION = 1
 CARD_FILE = "rmkit.json"
-Pooling = Literal["last", "mean", "cls"]
+Pooling = Literal["last", "mean", "cls", "attention"]
 # Families whose position ids start after padding_idx (create_position_ids_from_input_ids in transformers).
 PADDING_OFFSET_TYPES = frozenset({"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "roberta-prelayernorm",
                                   "data2vec-text", "longformer", "ibert", "mpnet"})
@@ -53,7 +54,8 @@ class ModelCard(BaseModel):
     pooling: Pooling
     """Where the reward is read from the last hidden states."""
     template: Template
-    """'chat': the tokenizer's chat template; 'plain': rmkit's "Role: content" turns."""
+    """'chat': the tokenizer's chat template; 'plain': rmkit's "Role: content" turns; 'sentence_pair': prompt [SEP]
+    response."""
     add_special_tokens: bool
     """Whether the tokenizer adds its own special tokens ([CLS]/[SEP], BOS) around the rendered text."""
     max_length: int
@@ -71,9 +73,40 @@ class ModelCard(BaseModel):
     temperature: float = 1.0
     """Calibration temperature T of P(A preferred) = σ((r_A − r_B) / T)."""
     labels: list[str] = []
-    """Names of the model's outputs when it has several (from config.id2label); empty for one scalar output."""
+    """Names of a plain HF model's outputs when it has several (from config.id2label); empty for one scalar output
+    and for rmkit-trained models, whose outputs are `objectives`."""
     reward_index: int = Field(0, ge=0)
-    """Which output (logit column) is the reward."""
+    """Which output (logit column) of a plain HF model is the reward (its weighting is one-hot there)."""
+    head: Head = "linear"
+    """'linear' (transformers' own score head) or 'mlp' (rmkit.heads.mlp_head)."""
+    head_hidden: int | None = None
+    """Inner width of an MLP head (None: the backbone's hidden size)."""
+    head_activation: Activation = "relu"
+    """Activation of an MLP head."""
+    head_dropout: float = 0.1
+    """Dropout of an MLP head."""
+    objectives: list[str] = ["reward"]
+    """Names of a trained model's outputs, in order (the HF config's id2label says the same)."""
+    objective_weights: list[float] = [1.0]
+    """Default weighting: reward = Σ weight_i · output_i; normalisation statistics are of this reward."""
+    plain_transformers: bool = True
+    """Whether AutoModelForSequenceClassification alone gives rmkit's scores (logits[:, 0] for one output; for N
+    outputs, its logits are the objectives). False for MLP heads, mean/attention pooling and sentence_pair input:
+    load those with rmkit (rmkit.model.load_model, Scorer.load)."""
+
+    @property
+    def outputs(self) -> list[str]:
+        """THE names of the model's outputs, one per logit column: a trained model's objectives, or a plain HF
+        model's id2label labels (['reward'] for one output). Multi-objective heads and named HF outputs are one idea."""
+        return self.labels if self.labels else list(self.objectives)
+
+    @property
+    def weights(self) -> list[float]:
+        """THE default weighting of `outputs` into one reward: objective_weights, or one-hot at reward_index for a
+        plain HF model with named outputs (its reward is one column)."""
+        if self.labels:
+            return [1.0 if i == self.reward_index else 0.0 for i in range(len(self.labels))]
+        return list(self.objective_weights)
 
 
 @dataclass(frozen=True)

@@ -47,9 +47,24 @@ class ModelConfig(Strict):
     """Train every weight, or a LoRA adapter plus the score head."""
     lora: LoraConfig = LoraConfig()
     """LoRA settings, used when finetune is 'lora'."""
-    pooling: Literal["auto", "last", "mean", "cls"] = "auto"
-    """Where the reward is read: 'last' attended token (decoders), 'cls' first token (encoders), 'mean' of attended
-    tokens; 'auto' picks 'cls' for encoders and 'last' for decoders."""
+    pooling: Literal["auto", "last", "mean", "cls", "attention"] = "auto"
+    """Reward read at: 'last' attended token, 'cls', 'mean', 'attention' (learned); 'auto': cls (encoders), last."""
+    head: Literal["linear", "mlp"] = "linear"
+    """Score head: 'linear' (transformers' own), or 'mlp': Linear → activation → Dropout(head_dropout) → Linear."""
+    head_hidden: int | None = Field(None, ge=1)
+    """Inner width of the MLP head (default: the backbone's hidden size)."""
+    head_activation: Literal["relu", "gelu", "tanh"] = "relu"
+    """Activation inside the MLP head."""
+    head_dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    """Dropout inside the MLP head (and before an encoder's linear classifier)."""
+    backbone_dropout: float | None = Field(None, ge=0.0, lt=1.0)
+    """Every dropout probability of the backbone config (hidden, attention); default: the backbone's own."""
+    template: Literal["auto", "chat", "plain", "sentence_pair"] = "auto"
+    """'chat', 'plain' (Role: text), 'sentence_pair' ([CLS] prompt [SEP] response); 'auto': chat if the tokenizer can."""
+    objectives: list[str] = Field(default_factory=lambda: ["reward"], min_length=1)
+    """Output names; N > 1: multi-objective (num_labels=N, id2label), trained by data.objective_of or rating keys."""
+    objective_weights: list[float] | None = None
+    """Default reward = Σ weight_i · score_i (saved in rmkit.json; serving may override it); default 1/N each."""
     freeze_layers: int = Field(0, ge=0)
     """Freeze the embeddings and the lowest N transformer layers (0 = freeze nothing)."""
     gradient_checkpointing: bool = False
@@ -132,6 +147,10 @@ class DataConfig(Strict):
     first. Stored in rmkit.json, so scoring cuts the same way."""
     max_train_pairs: int | None = None
     """Use only the first N training pairs (after splitting and balancing), for quick runs."""
+    ratings_paths: list[str] = []
+    """Ratings files (prompt, response, score or one column per objective), regression beside the pairs."""
+    objective_of: list[str] | None = None
+    """Multi-objective models: the objective each file in `paths` labels; default: the first."""
 
 
     def column_keys(self) -> dict[str, str]:
@@ -174,12 +193,24 @@ class TrainingConfig(Strict):
     without AVX-512)."""
     length_grouping: bool = True
     """Batch pairs of similar length together to cut padding (shuffled in groups, so still random)."""
-    objective: Literal["bradley_terry", "soft_bradley_terry"] = "bradley_terry"
-    """'bradley_terry': -log σ(r_c − r_r). 'soft_bradley_terry': cross-entropy against each pair's soft label
-    P(chosen is better) (data.label_prob_key), 1 − label_smoothing where a pair has none."""
+    objective: Literal["bradley_terry", "soft_bradley_terry", "hinge", "plackett_luce", "regression"] = "bradley_terry"
+    """'bradley_terry': -log σ(r_c − r_r); 'soft_bradley_terry': cross-entropy against each pair's soft label
+    P(chosen is better) (data.label_prob_key), 1 − label_smoothing where a pair has none; 'hinge' max(0, m − Δ);
+    'plackett_luce' over ranked rows; 'regression' on data.ratings_paths only (data.paths then serve validation and
+    test only)."""
     label_smoothing: float = Field(0.0, ge=0.0, lt=0.5)
     """ε: train towards P(chosen is better) = 1 − ε instead of 1 (soft Bradley–Terry with a constant label); with
     'soft_bradley_terry', only for pairs without their own soft label."""
+    hinge_margin: float = Field(1.0, gt=0.0)
+    """Hinge gap m for rows without their own margin."""
+    regression_loss: Literal["mse", "huber"] = "mse"
+    """Loss on ratings: mean squared error or Huber (quadratic within ±huber_delta)."""
+    huber_delta: float = Field(1.0, gt=0.0)
+    """Threshold of the Huber loss."""
+    pairs_weight: float = Field(1.0, gt=0.0)
+    """Weight of the loss on a batch of pairs or ranked lists."""
+    ratings_weight: float = Field(1.0, gt=0.0)
+    """Weight of the loss on a batch of ratings."""
     center_coef: float = Field(0.0, ge=0.0)
     """Weight of the reward-centering term mean((r_c + r_r)^2)."""
     length_decorrelation: float = Field(0.0, ge=0.0)

@@ -20,7 +20,7 @@ import torch
 
 from rmkit.protocols import to_messages as to_messages  # re-exported: callers import it from here
 
-Template = Literal["chat", "plain"]
+Template = Literal["chat", "plain", "sentence_pair"]
 Truncation = Literal["left", "instruction"]
 _PLAIN_ROLES = {"system": "System", "developer": "System", "user": "User", "assistant": "Assistant", "tool": "Tool"}
 
@@ -72,17 +72,29 @@ def render(prompt: str | Sequence[dict], response: str | Sequence[dict], tokeniz
 
     'chat' applies the tokenizer's own chat template to prompt messages + the assistant response. 'plain' (for
     models without a template, such as BERT encoders) writes each turn as "Role: content", separated by blank lines:
-    "User: Name a prime.\\n\\nAssistant: 7". HH transcripts become real turns either way. The result is a str that
-    also carries its Spans, which 'instruction' truncation reads.
+    "User: Name a prime.\\n\\nAssistant: 7". 'sentence_pair' (encoders) puts the tokenizer's separator between
+    the plain prompt and the response text: "User: Name a prime. [SEP] 7", read as [CLS] prompt [SEP] response [SEP].
+    HH transcripts become real turns either way. The result is a str that also carries its Spans, which
+    'instruction' truncation reads.
     """
     prompt_messages = to_messages(prompt)
-    messages = prompt_messages + to_messages(response, role="assistant")
-    if template == "chat":  # an empty conversation is one empty assistant turn: chat templates refuse an empty list
+    response_messages = to_messages(response, role="assistant")
+    messages = prompt_messages + response_messages
+    if template == "sentence_pair":
+        if not getattr(tokenizer, "sep_token", None):
+            raise ValueError("template 'sentence_pair' needs a tokenizer with a separator token (an encoder such as BERT)")
+        answer = " ".join(m["content"] for m in response_messages)
+        text = f"{_plain(prompt_messages)} {tokenizer.sep_token} {answer}"
+    elif template == "chat":  # an empty conversation is one empty assistant turn: chat templates refuse an empty list
         messages = messages or [{"role": "assistant", "content": ""}]
         text = tokenizer.apply_chat_template(messages, tokenize=False)
     else:
-        text = "\n\n".join(f"{_PLAIN_ROLES.get(m['role'], m['role'].title())}: {m['content']}" for m in messages)
+        text = _plain(messages)
     return Rendered(text, _find_spans(text, messages, len(prompt_messages)))
+
+
+def _plain(messages: list[dict[str, str]]) -> str:
+    return "\n\n".join(f"{_PLAIN_ROLES.get(m['role'], m['role'].title())}: {m['content']}" for m in messages)
 
 
 def _cut_middle(items: list[int], keep: int) -> list[int]:

@@ -21,11 +21,13 @@ from typing import Any
 
 import numpy as np
 
+from rmkit import composition
 from rmkit.config import Precision
 from rmkit.encoding import Encoder
 from rmkit.gym import split_row
 from rmkit.protocols import content_text
 from rmkit.rows import read_rows, write_jsonl
+from rmkit.rules import ClassifierTerm
 from rmkit.scoring import Scorer
 from rmkit.shaping import ShapedRewards, ShapingConfig, combine_ensemble, response_length, running_moments, shape_rewards
 from rmkit.sharding import barrier, current_shard
@@ -40,6 +42,8 @@ class Encoded:
 
     ids: tuple[list[int], ...]
     response_tokens: int
+    prompt: Any = None  # the prompt (text or messages) when known, for classifier terms
+    response: str = ""  # the response text, for rule terms
 
     @property
     def tokens(self) -> int:
@@ -61,12 +65,23 @@ class RewardPath:
         shaping: normalisation, clipping, length penalty, threshold and ensemble rule.
     """
 
-    def __init__(self, scorers: Sequence[Scorer], shaping: ShapingConfig | None = None):
+    def __init__(self, scorers: Sequence[Scorer], shaping: ShapingConfig | None = None,
+                 classifiers: dict[str, composition.Classify] | None = None):
         if not scorers:
             raise ValueError("a RewardPath needs at least one scorer")
         self.scorers = list(scorers)
         self.shaping = shaping or ShapingConfig()
         self.running = running_moments(self.shaping)
+        terms = [t for t in self.shaping.rules if isinstance(t, ClassifierTerm)]
+        device = str(getattr(self.scorers[0], "device", "cpu")) if terms else "cpu"
+        self.classifiers = classifiers if classifiers is not None else {
+            t.name: composition.load_classifier(t, device) for t in terms}
+        if self.shaping.ensemble == "weighted" and len(self.shaping.member_weights or []) != len(self.scorers):
+            raise ValueError(f"shaping.member_weights has {len(self.shaping.member_weights or [])} weights for "
+                             f"{len(self.scorers)} models")
+        for s in self.scorers:  # unknown objective names fail at start-up, not on the first request
+            if len(s.card.outputs) > 1:
+                composition.objective_weighting(s.card.outputs, s.card.weights, self.shaping)
         if self.shaping.normalize == "stored" and self.shaping.reward_std is None:
             bad = [s.name for s in self.scorers if not s.card.reward_std > 0]
             if bad:  # found at start-up, not as an error on every request
@@ -119,7 +134,8 @@ class RewardPath:
             return []
         pairs = list(zip(prompts, responses, strict=True))
         per_member = [s.encoder.encode([s.render(p, r) for p, r in pairs]) for s in self.scorers]
-        return _pack(per_member, self._response_tokens([response_text(r) for r in responses]))
+        texts = [response_text(r) for r in responses]
+        return _pack(per_member, self._response_tokens(texts), list(prompts), texts)
 
     def encode_texts(self, texts: Sequence[str], prompts: Sequence[str | None] | None = None,
                      add_special_tokens: bool | None = None) -> list[Encoded]:
@@ -141,7 +157,7 @@ class RewardPath:
             per_member.append([_drop_double_bos(ids, s.tokenizer.bos_token_id) for ids in encoder.encode(texts)])
         prompts = prompts or [None] * len(texts)
         tails = [t[len(p):] if p and t.startswith(p) else t for t, p in zip(texts, prompts, strict=True)]
-        return _pack(per_member, self._response_tokens(tails))
+        return _pack(per_member, self._response_tokens(tails), list(prompts), tails)
 
     @property
     def vocab_size(self) -> int:
@@ -160,15 +176,40 @@ class RewardPath:
         return _pack([[list(row[-cut:]) for row in ids] for _ in self.scorers], [len(row) for row in ids])
 
     def forward(self, encoded: Sequence[Encoded]) -> np.ndarray:
-        """(N, M) raw scores, item-major (row i: item i's score under each member); each member batches by its own
-        token budget, longest first."""
+        """(N, R) raw scores, item-major (row i: item i's outputs): each member's reward (K columns for a K-objective
+        member), then one column per classifier term; each member batches by its own token budget, longest first."""
         if not encoded:
-            return np.zeros((0, len(self.scorers)))
-        return np.array([s.score_ids([e.ids[m] for e in encoded]) for m, s in enumerate(self.scorers)]).T
+            return np.zeros((0, self.n_outputs))
+        cols: list[np.ndarray] = []
+        for m, s in enumerate(self.scorers):
+            ids = [e.ids[m] for e in encoded]
+            cols += list(s.score_objectives_ids(ids).T) if len(s.card.outputs) > 1 else [np.asarray(s.score_ids(ids))]
+        prompts, responses = [e.prompt for e in encoded], [e.response for e in encoded]
+        cols += [classify(prompts, responses) for classify in self.classifiers.values()]
+        return np.array(cols).T
+
+    @property
+    def n_outputs(self) -> int:
+        """Columns of forward(): one per objective of each member, one per classifier term."""
+        return sum(len(s.card.outputs) for s in self.scorers) + len(self.classifiers)
 
     def shape(self, raw: np.ndarray, encoded: Sequence[Encoded]) -> ShapedRewards:
-        """Shape (N, M) raw scores (see the module docstring for how an ensemble is normalised)."""
-        cfg, raw = self.shaping, np.asarray(raw, dtype=np.float64).reshape(len(encoded), len(self.scorers)).T  # (M, N)
+        """Shape (N, R) forward outputs: objectives weighed into member rewards, members normalised and combined (see
+        the module docstring), then rule terms added as named parts (rmkit.composition)."""
+        cfg, rows = self.shaping, np.asarray(raw, dtype=np.float64).reshape(len(encoded), self.n_outputs).T  # (R, N)
+        if not encoded:
+            return self._shape_members(np.zeros((len(self.scorers), 0)), encoded)
+        n_members = rows.shape[0] - len(self.classifiers)
+        classifier_scores = dict(zip(self.classifiers, rows[n_members:], strict=True))
+        members, objectives = composition.reduce_members(
+            rows[:n_members], [s.card.outputs for s in self.scorers], [s.card.weights for s in self.scorers],
+            self.member_names, cfg)
+        out = self._shape_members(members, encoded)
+        return composition.finish(out, cfg, [e.response for e in encoded], objectives, classifier_scores)
+
+    def _shape_members(self, raw: np.ndarray, encoded: Sequence[Encoded]) -> ShapedRewards:
+        """Shape (M, N) member rewards: normalise, combine, clip, length penalty, threshold."""
+        cfg = self.shaping
         if raw.shape[1] == 0:
             empty = np.zeros(0)
             members = None if len(self.scorers) == 1 else raw
@@ -186,7 +227,7 @@ class RewardPath:
         z = (raw - means[:, None]) / stds[:, None]  # (M, N): every member on its own unit scale
         unit = cfg.model_copy(update={"reward_mean": None, "reward_std": None})
         out = shape_rewards(z, lengths, unit, stats=(0.0, 1.0))
-        combined, std = combine_ensemble(raw, cfg.ensemble, cfg.ensemble_k)  # (N,), (N,) in raw units
+        combined, std = combine_ensemble(raw, cfg.ensemble, cfg.ensemble_k, cfg.member_weights)  # (N,), (N,) raw units
         return replace(out, raw=combined, members=raw, member_std=std)
 
     def score(self, encoded: Sequence[Encoded]) -> ShapedRewards:
@@ -243,13 +284,17 @@ def score_file(
     return len(rows)
 
 
-def _pack(per_member: list[list[list[int]]], lengths: list[int]) -> list[Encoded]:
+def _pack(per_member: list[list[list[int]]], lengths: list[int], prompts: Sequence[Any] | None = None,
+          responses: Sequence[str] | None = None) -> list[Encoded]:
     """Member-major ids (M lists of N) → N Encoded; an empty token sequence is an error (no token to read)."""
     for m, rows in enumerate(per_member):
         empty = next((i for i, ids in enumerate(rows) if not ids), None)
         if empty is not None:
             raise ValueError(f"item {empty} has no tokens for member {m} (empty text): nothing to score")
-    return [Encoded(tuple(rows[i] for rows in per_member), lengths[i]) for i in range(len(lengths))]
+    prompts = prompts or [None] * len(lengths)
+    responses = responses or [""] * len(lengths)
+    return [Encoded(tuple(rows[i] for rows in per_member), lengths[i], prompts[i], responses[i])
+            for i in range(len(lengths))]
 
 
 def _drop_double_bos(ids: list[int], bos: int | None) -> list[int]:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, field_serializer
+from pydantic import Field, field_serializer, model_validator
 from transformers import TrainerCallback
 
 from rmkit.backbones import resolve
@@ -45,6 +45,10 @@ class RewardConfig(Strict):
     mean/std and clip ±5; a URL: the served scores as they come), e.g. {length_penalty: dapo, dapo_max_length: 128}."""
     concurrent: bool = False
     """Use the async reward function, which TRL awaits alongside other async rewards (worth it for a server)."""
+    name: str = Field("rmkit", pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")
+    """The reward function's name: TRL logs rewards/<name>/mean, rmkit logs <name>/reward_mean, ..."""
+    weight: float = 1.0
+    """Weight of this reward function in TRL's weighted sum (GRPOConfig.reward_weights)."""
 
     @field_serializer("shaping")
     def _given_fields_only(self, shaping: ShapingConfig) -> dict[str, Any]:
@@ -98,6 +102,16 @@ class GrpoConfig(Strict):
     """The model being trained."""
     reward: RewardConfig = RewardConfig()
     """Where rewards come from and how they are shaped."""
+    rewards: list[RewardConfig] = []
+    """Further reward functions (each its own source, shaping, name and weight); TRL sums all of them with their
+    weights (reward_funcs + reward_weights), and logs each one."""
+
+    @model_validator(mode="after")
+    def _distinct_reward_names(self) -> GrpoConfig:
+        names = [r.name for r in [self.reward, *self.rewards]]
+        if len(set(names)) != len(names):
+            raise ValueError(f"reward function names must differ (TRL logs each by name), got {names}")
+        return self
     data: PromptsConfig = PromptsConfig()
     """The prompts."""
     train: GrpoTrainConfig = GrpoTrainConfig()
@@ -121,7 +135,7 @@ class MetricsJsonl(TrainerCallback):
             self.log.write(**{"step": state.global_step, **logs})
 
 
-def trl_args(tc: GrpoTrainConfig, out: Path) -> Any:
+def trl_args(tc: GrpoTrainConfig, out: Path, reward_weights: list[float] | None = None) -> Any:
     """TRL GRPOConfig from our train section; train.trl adds anything else and may not repeat our fields."""
     import torch
     from trl import GRPOConfig
@@ -138,6 +152,8 @@ def trl_args(tc: GrpoTrainConfig, out: Path) -> Any:
         use_cpu=not cuda, gradient_checkpointing=tc.gradient_checkpointing, report_to="none",
         save_strategy="steps" if tc.save_steps else "no", save_steps=tc.save_steps or 500,
     )
+    if reward_weights is not None:
+        ours["reward_weights"] = reward_weights
     clash = sorted(set(ours) & set(tc.trl))
     if clash:
         raise ConfigError(f"train.trl repeats {', '.join(clash)}, which rmkit sets itself; use the train.* fields "
@@ -165,8 +181,9 @@ def run_grpo(cfg: GrpoConfig) -> Path:
 
     prompts = read_prompts(cfg.data.paths, cfg.data.max_prompts)
     dataset = Dataset.from_list([{"prompt": messages} for messages, _ in prompts])
-    reward = reward_function(cfg.reward.source, name="rmkit", asynchronous=cfg.reward.concurrent,
-                             **cfg.reward.shaping.model_dump(exclude_unset=True))
+    specs = [cfg.reward, *cfg.rewards]
+    rewards = [reward_function(r.source, name=r.name, asynchronous=r.concurrent,
+                               **r.shaping.model_dump(exclude_unset=True)) for r in specs]
     peft_config = None
     if cfg.policy.finetune == "lora":
         from peft import LoraConfig as PeftLoraConfig
@@ -174,7 +191,7 @@ def run_grpo(cfg: GrpoConfig) -> Path:
         lora = cfg.policy.lora
         peft_config = PeftLoraConfig(task_type="CAUSAL_LM", r=lora.r, lora_alpha=lora.alpha,
                                      lora_dropout=lora.dropout, target_modules=lora.target_modules)
-    args = trl_args(tc, out)
+    args = trl_args(tc, out, [r.weight for r in specs] if cfg.rewards else None)
     per_step = args.generation_batch_size // tc.num_generations
     if len(dataset) < per_step:  # TRL would silently train 0 steps
         raise ValueError(f"{len(dataset)} prompts, but one generation batch takes {per_step} "
@@ -182,7 +199,7 @@ def run_grpo(cfg: GrpoConfig) -> Path:
                          "add prompts (data.paths, data.max_prompts) or lower train.batch_size / train.grad_accum")
     log.info("GRPO: %d prompts, G=%d, %d completions per step, %d steps, reward from %s", len(dataset),
              tc.num_generations, args.generation_batch_size, tc.max_steps, cfg.reward.source)
-    trainer = GRPOTrainer(model=resolve(cfg.policy.path), reward_funcs=reward, args=args,
+    trainer = GRPOTrainer(model=resolve(cfg.policy.path), reward_funcs=rewards if cfg.rewards else rewards[0], args=args,
                           train_dataset=dataset, callbacks=[MetricsJsonl(out / "metrics.jsonl")],
                           peft_config=peft_config)
     trainer.train()
@@ -193,9 +210,12 @@ def run_grpo(cfg: GrpoConfig) -> Path:
 def format_summary(run: str | Path) -> str:
     """The last logged reward statistics of a run, one line: what to read first after a GRPO run."""
     rows = [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
-    last = next((r for r in reversed(rows) if "rmkit/reward_mean" in r), None)
+    config = Path(run) / "config.yaml"
+    name = ((yaml.safe_load(config.read_text()) or {}).get("reward") or {}).get("name", "rmkit") \
+        if config.exists() else "rmkit"
+    last = next((r for r in reversed(rows) if f"{name}/reward_mean" in r), None)
     if last is None:
         return "no reward statistics were logged"
-    parts = [f"{key.removeprefix('reward_')} {last[f'rmkit/{key}']:.4g}" if last.get(f"rmkit/{key}") is not None
+    parts = [f"{key.removeprefix('reward_')} {last[f'{name}/{key}']:.4g}" if last.get(f"{name}/{key}") is not None
              else f"{key.removeprefix('reward_')} n/a" for key in SUMMARY_KEYS]
     return f"step {last['step']}: reward " + ", ".join(parts)

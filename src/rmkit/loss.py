@@ -1,5 +1,6 @@
-"""Bradley–Terry losses (hard and soft labels), the centering and length terms: reward tensors in, scalar tensor out;
-and last_attended_index, the one rule for where a sequence ends in a mask. Knows nothing of models or data."""
+"""Training losses: Bradley–Terry (with centering; hard and soft labels), margin hinge, Plackett–Luce listwise,
+ratings regression (MSE or Huber) and the length-decorrelation term, reward tensors in, scalar tensor out; and
+last_attended_index, the one rule for where a sequence ends in a mask. Knows nothing of models or data."""
 
 from __future__ import annotations
 
@@ -39,6 +40,76 @@ def bradley_terry_loss(
     return loss
 
 
+def hinge_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: float | torch.Tensor = 1.0) -> torch.Tensor:
+    """Margin ranking loss: mean of `max(0, m − (r_c − r_r))` over pairs.
+
+    Unlike BT it stops pushing once a pair is separated by m, so rewards stay on the margin's scale.
+
+    Args:
+        chosen: (B,) rewards of the preferred responses.
+        rejected: (B,) rewards of the other responses.
+        margin: the required gap m, one float for every pair or a (B,) tensor (per-row margins).
+
+    Returns:
+        A scalar tensor. Example: Δ = [2, 0.5, −1], m = 1 → [0, 0.5, 2], mean 0.8333.
+    """
+    if chosen.shape != rejected.shape or chosen.dim() != 1:
+        raise ValueError(f"chosen and rejected must be equal 1-D shapes, got {tuple(chosen.shape)} and {tuple(rejected.shape)}")
+    return F.relu(margin - (chosen - rejected)).mean()
+
+
+def plackett_luce_loss(scores: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Listwise Plackett–Luce negative log-likelihood of rankings, mean over rows.
+
+    Row i ranks its K responses best first; the likelihood picks the best of all, then the best of the rest, ...:
+    −log P = Σ_k [logsumexp(s_k, ..., s_K) − s_k]. With K = 2 it is the Bradley–Terry loss.
+
+    Args:
+        scores: (B, K) rewards, each row in ranked order (column 0 the best).
+        mask: optional (B, K) bool, False on padding positions of rows with fewer than K responses (a row's real
+            responses come first); each row needs at least two.
+
+    Returns:
+        A scalar tensor. Example: one row [ln 3, 0, 0] → (ln 5 − ln 3) + (ln 2 − 0) ≈ 0.5108 + 0.6931 = 1.2040.
+    """
+    if scores.dim() != 2:
+        raise ValueError(f"scores must be (B, K), got shape {tuple(scores.shape)}")
+    mask = torch.ones_like(scores, dtype=torch.bool) if mask is None else mask.bool()
+    if mask.shape != scores.shape or bool((mask.sum(1) < 2).any()):
+        raise ValueError("mask must match scores and leave every row at least two responses")
+    masked = scores.masked_fill(~mask, float("-inf"))  # (B, K): padding never wins a place
+    tail = torch.logcumsumexp(masked.flip(1), dim=1).flip(1)  # (B, K): logsumexp of positions k..K
+    terms = (tail - scores).masked_fill(~mask, 0.0)  # (B, K); the last real position contributes 0
+    return terms.sum(1).mean()
+
+
+def regression_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "mse", delta: float = 1.0,
+                    mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared error ('mse') or Huber loss ('huber', quadratic within ±delta, linear beyond) on ratings.
+
+    Args:
+        pred: predicted scores, any shape ((B,) for one objective, (B, N) for N objectives).
+        target: ratings of the same shape.
+        kind: 'mse' or 'huber'.
+        delta: the Huber threshold.
+        mask: optional bool of the same shape, False where a row has no rating for that objective; the mean is over
+            the rated entries only.
+
+    Returns:
+        A scalar tensor. Example: pred [0, 0], target [1, 3]: mse (1 + 9) / 2 = 5; huber(δ=1) (0.5 + 2.5) / 2 = 1.5.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"pred and target must have equal shapes, got {tuple(pred.shape)} and {tuple(target.shape)}")
+    if kind == "mse":
+        per = (pred - target).pow(2)
+    elif kind == "huber":
+        per = F.huber_loss(pred, target, reduction="none", delta=delta)
+    else:
+        raise ValueError(f"unknown regression loss {kind!r}; expected 'mse' or 'huber'")
+    if mask is None:
+        return per.mean()
+    mask = mask.to(per.dtype)
+    return (per * mask).sum() / mask.sum().clamp(min=1)
 def soft_bradley_terry_loss(
     chosen: torch.Tensor,
     rejected: torch.Tensor,

@@ -1,4 +1,5 @@
-"""The reward model: backbone + scalar head, rewards() (THE readout), and the model directory with rmkit.json.
+"""The reward model: backbone + score head (one output, or N named objectives), readout()/rewards() (THE readout),
+and the model directory with rmkit.json. Custom heads and poolings come from rmkit.heads.
 
 Knows transformers and peft; knows nothing of data files, optimisers or HTTP.
 """
@@ -10,6 +11,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +20,7 @@ from torch import nn
 
 from rmkit.backbones import resolve
 from rmkit.card import CARD_FILE, ImportOptions, ModelCard, Pooling, check_supported, infer_card, is_encoder, read_card
-from rmkit.config import ModelConfig
-from rmkit.encoding import Truncation, default_template
+from rmkit.heads import POOL_ATTR, attach, head_attr, load_custom_weights
 from rmkit.loss import last_attended_index as last_attended_index  # re-exported: callers import it from here
 from rmkit.rows import write_json
 
@@ -52,10 +53,7 @@ def _hf(model: nn.Module) -> nn.Module:
 
 
 def head(hf: nn.Module) -> nn.Module:
-    for name in ("score", "classifier"):
-        if isinstance(getattr(hf, name, None), nn.Module):
-            return getattr(hf, name)
-    raise ValueError(f"{type(hf).__name__} has neither a 'score' nor a 'classifier' head")
+    return getattr(hf, head_attr(hf))
 
 
 def position_ids(hf: nn.Module, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -73,12 +71,14 @@ def position_ids(hf: nn.Module, attention_mask: torch.Tensor) -> torch.Tensor:
     return (positions + pad + 1) * mask + pad * (1 - mask)
 
 
-def logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
-    """All outputs of the head: (N, T) ids and mask → (N, num_labels). `rewards` reads one column of this.
+def readout(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
+    """THE readout: (N, T) ids and mask → (N, K) outputs of the score head (K = card.outputs: a trained model's
+    objectives or a plain HF model's named labels). `rewards` weighs these into one reward.
 
     'last' reads the last attended token found from the mask (never from pad ids: SmolLM2 pads with its EOS), so
     left and right padding agree; position ids come from the mask for the same reason. 'cls' is the HF encoder
-    head as is (pooler + classifier on token 0). 'mean' averages the attended hidden states.
+    head as is (pooler + classifier on token 0). 'mean' averages the attended hidden states; 'attention' is the
+    learned masked weighting of rmkit.heads.AttentionPooling.
     """
     hf = _hf(model)
     if pooling == "cls" and not bool(attention_mask[:, 0].all()):
@@ -91,33 +91,46 @@ def logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tens
     if pooling == "last":
         rows = torch.arange(hidden.size(0), device=hidden.device)
         pooled = hidden[rows, last_attended_index(attention_mask)]  # (N, H)
+    elif pooling == "attention":
+        pooled = getattr(hf, POOL_ATTR)(hidden, attention_mask)  # (N, H)
     else:
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (N, T, 1)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)  # (N, H)
-    weight = head(hf).weight
-    return head(hf)(pooled.to(weight.dtype if isinstance(weight, torch.Tensor) else torch.float32))
+    score_head = head(hf)
+    weight = next(score_head.parameters(), None)
+    return score_head(pooled.to(weight.dtype if isinstance(weight, torch.Tensor) else torch.float32))  # (N, K)
 
 
 def rewards(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, pooling: Pooling,
-            output: int = 0) -> torch.Tensor:
-    """THE reward readout: (N, T) ids and mask → (N,) rewards, column `output` of the head (see `logits`).
+            weights: torch.Tensor | None = None) -> torch.Tensor:
+    """THE reward readout: (N,) rewards, the single output, or Σ_k weights[k] · output_k for N outputs (a
+    multi-objective head, or a plain HF model's named outputs with one-hot weights at its reward_index).
 
     Every path that reads a reward calls this.
     """
-    return logits(model, input_ids, attention_mask, pooling)[:, output]
+    out = readout(model, input_ids, attention_mask, pooling)  # (N, K)
+    if out.size(1) == 1:
+        return out[:, 0]
+    if weights is None:
+        raise ValueError(f"a model with {out.size(1)} outputs needs output weights to give one reward")
+    return out @ weights.to(out.device, out.dtype)
 
 
 class RewardModel(nn.Module):
-    """nn.Module face of `rewards`, so DDP/accelerate wrap one forward that returns (N,) rewards."""
+    """nn.Module face of `rewards`, so DDP/accelerate wrap one forward that returns (N,) rewards; with
+    per_objective=True it gives the (N, K) outputs. `weights` is the default weighting of the outputs (card.weights)."""
 
-    def __init__(self, hf: nn.Module, pooling: Pooling, output: int = 0):
+    def __init__(self, hf: nn.Module, pooling: Pooling, weights: Sequence[float] = (1.0,)):
         super().__init__()
         self.hf = hf
         self.pooling = pooling
-        self.output = output
+        self.register_buffer("weights", torch.tensor(list(weights), dtype=torch.float32), persistent=False)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return rewards(self.hf, input_ids, attention_mask, self.pooling, self.output)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, per_objective: bool = False) -> torch.Tensor:
+        """(N,) rewards, or with per_objective the (N, K) outputs (through forward, so DDP sees the call)."""
+        if per_objective:
+            return readout(self.hf, input_ids, attention_mask, self.pooling)
+        return rewards(self.hf, input_ids, attention_mask, self.pooling, self.weights)
 
 
 def distinct_pad(tokenizer: Any) -> None:
@@ -147,58 +160,11 @@ def load_tokenizer(path: str, trust_remote_code: bool = False, revision: str | N
     return tokenizer
 
 
-def _layers(hf: nn.Module) -> nn.ModuleList:
-    n = hf.config.num_hidden_layers
-    for module in getattr(hf, hf.base_model_prefix).modules():
-        if isinstance(module, nn.ModuleList) and len(module) == n:
-            return module
-    raise ValueError(f"cannot find the {n} transformer layers of {type(hf).__name__} to freeze")
-
-
-def freeze_lower_layers(hf: nn.Module, n: int) -> None:
-    """Freeze the input embeddings and the lowest n layers."""
-    if n <= 0:
-        return
-    layers = _layers(hf)
-    if n > len(layers):
-        raise ValueError(f"model.freeze_layers={n}, but the backbone has only {len(layers)} layers")
-    for module in (hf.get_input_embeddings(), *layers[:n]):
-        module.requires_grad_(False)
-
-
-def load_for_training(cfg: ModelConfig, max_length: int, truncation: Truncation = "left"
-                      ) -> tuple[RewardModel, Any, ModelCard]:
-    """Backbone + fresh scalar head (or LoRA adapter + head), its tokenizer, and the card it will be saved with."""
-    from transformers import AutoModelForSequenceClassification
-
-    path = resolve(cfg.path)
-    tokenizer = load_tokenizer(path, cfg.trust_remote_code, cfg.revision)
-    hf = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=1, dtype=torch.float32, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision
-    )
-    hf.config.pad_token_id = tokenizer.pad_token_id
-    encoder = is_encoder(hf.config)
-    pooling = cfg.pooling if cfg.pooling != "auto" else ("cls" if encoder else "last")
-    if pooling == "cls" and not encoder:
-        raise ValueError(f"model.pooling='cls' reads token 0, which a decoder ({hf.config.model_type}) has not attended yet; use 'last'")
-    freeze_lower_layers(hf, cfg.freeze_layers)
-    if cfg.gradient_checkpointing:
-        hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if cfg.finetune == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        head_name = "score" if hasattr(hf, "score") else "classifier"
-        lora = LoraConfig(
-            task_type="SEQ_CLS", r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-            target_modules=cfg.lora.target_modules, modules_to_save=[head_name],
-        )
-        hf = get_peft_model(hf, lora)
-    template = default_template(tokenizer)
-    card = ModelCard(
-        backbone=cfg.path, finetune=cfg.finetune, pooling=pooling, template=template,
-        add_special_tokens=template == "plain", max_length=max_length, truncation=truncation,
-    )
-    return RewardModel(hf, pooling), tokenizer, card
+def name_outputs(config: Any, objectives: Sequence[str]) -> None:
+    """num_labels = N and id2label/label2id naming the objectives, so plain transformers sees them too."""
+    config.num_labels = len(objectives)
+    config.id2label = dict(enumerate(objectives))
+    config.label2id = {name: i for i, name in enumerate(objectives)}
 
 
 def _atomic_dir(target: Path):
@@ -244,6 +210,11 @@ def save_model(model: nn.Module, tokenizer: Any, card: ModelCard, out_dir: str |
     return out
 
 
+def _attach_saved(hf: nn.Module, card: ModelCard) -> nn.Module:
+    """Rebuild an MLP head / attention pooling from the card (random), for the saved weights to be loaded into."""
+    return attach(hf, card.pooling, card.head, card.head_hidden, card.head_activation, card.head_dropout)
+
+
 def _plain_card(source: str, tokenizer: Any, trust_remote_code: bool, options: ImportOptions | None) -> ModelCard:
     """The card of a folder or hub id without rmkit.json, by rmkit.card's reading rule (refusals before any weights)."""
     from transformers import AutoConfig
@@ -282,23 +253,44 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu", dtype:
     if not (model_dir / CARD_FILE).exists():
         card = _plain_card(source, tok, trust_remote_code, options)
         hf = _load_plain(source, dtype, trust_remote_code)
-        return RewardModel(hf, card.pooling, card.reward_index).to(device).eval(), tok, card
+        return RewardModel(hf, card.pooling, card.weights).to(device).eval(), tok, card
     card = read_card(model_dir)
     adapter = model_dir / "adapter_config.json"
+    custom = card.head != "linear" or card.pooling == "attention"
     if adapter.exists():
         from peft import PeftModel
-        from transformers import AutoModelForSequenceClassification
+        from transformers import AutoConfig, AutoModelForSequenceClassification
 
         base = json.loads(adapter.read_text())["base_model_name_or_path"]
         if not Path(base).exists():
             base = resolve(card.backbone)  # the folder moved to another machine: rebuild the alias there
-        hf = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, dtype=dtype)
+        config = AutoConfig.from_pretrained(base)
+        name_outputs(config, card.objectives)
+        hf = AutoModelForSequenceClassification.from_pretrained(base, config=config, dtype=dtype,
+                                                                ignore_mismatched_sizes=True)
         hf.config.pad_token_id = tok.pad_token_id
-        hf = PeftModel.from_pretrained(hf, model_dir)
+        hf = PeftModel.from_pretrained(_attach_saved(hf, card).to(dtype), model_dir)
+    elif custom:
+        hf = _load_custom(model_dir, card, dtype)
     else:
         hf = _load_plain(source, dtype, trust_remote_code)
-    model = RewardModel(hf, card.pooling, card.reward_index).to(device).eval()
-    return model, tok, card
+    return RewardModel(hf, card.pooling, card.weights).to(device).eval(), tok, card
+
+
+def _load_custom(model_dir: Path, card: ModelCard, dtype: torch.dtype) -> nn.Module:
+    """A full fine-tune with an MLP head or attention pooling: transformers' model, then rmkit's head weights."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # transformers would warn that the custom weights are unused, its head random
+    try:
+        hf = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=dtype)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    hf = _attach_saved(hf, card).to(dtype)
+    load_custom_weights(hf, model_dir, card.head, card.pooling)
+    return hf
 
 
 def quantize_int8(model: RewardModel) -> RewardModel:
@@ -327,7 +319,6 @@ def import_model(source: str, out_dir: str | Path, options: ImportOptions | None
     model, tok, card = load_model(source, "cpu", torch.float32, tokenizer, trust_remote_code, options)
     return save_model(model, tok, card, out_dir)
 
-
 def merge_lora(model_dir: str | Path, out_dir: str | Path) -> Path:
     """Fold a LoRA adapter (and its head) into the backbone: a plain HF folder that scores the same."""
     model, tokenizer, card = load_model(model_dir)
@@ -335,4 +326,4 @@ def merge_lora(model_dir: str | Path, out_dir: str | Path) -> Path:
         raise ValueError(f"{model_dir} is a full fine-tune (finetune='full' in {CARD_FILE}); there is no adapter to merge")
     merged = model.hf.merge_and_unload()
     full = card.model_copy(update={"finetune": "full"})
-    return save_model(RewardModel(merged, card.pooling, card.reward_index), tokenizer, full, out_dir)
+    return save_model(RewardModel(merged, card.pooling, card.weights), tokenizer, full, out_dir)

@@ -102,6 +102,11 @@ class ScoreResponse(Forbid):
     """Raw score of each member, per item (ensembles only)."""
     reward_std: list[float] | None = None
     """Population std of the raw member scores, per item (ensembles only)."""
+    objective_rewards: dict[str, list[float]] | None = None
+    """Multi-objective models: each objective's raw score, per item (the reward weighs them as configured)."""
+    reward_components: dict[str, list[float]] | None = None
+    """With a length penalty or rule terms: named parts of each reward (reward_model, length_penalty, rule names),
+    which sum to `rewards`."""
 
 
 class PlainScoreRequest(Forbid):

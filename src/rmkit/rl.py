@@ -200,6 +200,9 @@ class RewardFunction:
             lengths = None if completion_ids is None else [len(ids) for ids in completion_ids]
             for key, value in reward_stats(out.shaped, lengths).items():
                 log_metric(f"{self.__name__}/{key}", value)
+            for group, values in (("objective", out.objectives), ("component", out.parts)):
+                for key, array in (values or {}).items():  # per-objective scores and reward components, batch means
+                    log_metric(f"{self.__name__}/{group}/{key}", float(np.mean(array)))
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any],
                  completion_ids: Sequence[Sequence[int]] | None = None, **kwargs: Any) -> list[float]:

@@ -63,7 +63,16 @@ async def score(body: P.ScoreRequest | P.PlainScoreRequest, request: Request, se
         member_names=backend.member_names if ensemble else None,
         member_rewards=out.members.T.tolist() if ensemble else None,
         reward_std=out.member_std.tolist() if ensemble else None,
+        objective_rewards={k: v.tolist() for k, v in out.objectives.items()} if out.objectives else None,
+        reward_components=_columns([out.components(i) for i in range(len(out.shaped))]),
     )
+
+
+def _columns(parts: list[dict[str, float] | None]) -> dict[str, list[float]] | None:
+    """Per-item reward components → one list per component name; None when there are none."""
+    if not parts or parts[0] is None:
+        return None
+    return {name: [p[name] for p in parts] for name in parts[0]}
 
 
 @openrlhf.post("/get_reward", responses=SCORING)
@@ -83,7 +92,8 @@ async def get_reward(body: P.GetRewardRequest, request: Request, service: Servic
 
 @nemo_gym.post("/verify", responses=SCORING)
 async def verify(body: P.VerifyRequest, request: Request, service: Service) -> dict[str, Any]:
-    """NeMo Gym: the request echoed back plus `reward` (and `reward_components` when a length penalty is on)."""
+    """NeMo Gym: the request echoed back plus `reward`, `objective_rewards` for a multi-objective model, and
+    `reward_components` (also at top level) when a length penalty or rule terms are on."""
     echo = body.model_dump(exclude_unset=True)
     try:
         prompt = gym_prompt(echo["responses_create_params"]["input"], "responses_create_params")

@@ -16,7 +16,7 @@ from rmkit.card import LoadOptions
 from rmkit.config import Precision
 from rmkit.encoding import Encoder, pad_sequences, render, token_budget_batches
 from rmkit.metrics import bt_probability
-from rmkit.model import ModelCard, RewardModel, bf16_supported, load_model, logits, quantize_int8
+from rmkit.model import ModelCard, RewardModel, bf16_supported, load_model, quantize_int8
 
 log = logging.getLogger(__name__)
 __all__ = ["LoadOptions", "Precision", "Scorer"]  # their homes: rmkit.card, rmkit.config
@@ -105,32 +105,35 @@ class Scorer:
         return self.score_ids(self.encoder.encode(texts)) if texts else []
 
     def score_ids(self, ids: Sequence[Sequence[int]]) -> list[float]:
-        """Rewards of token id lists: longest first, batched by the token budget, answered in input order."""
-        return self._forward(ids, self.model)[:, 0].tolist()
+        """Rewards of token id lists: longest first, batched by the token budget, answered in input order. A
+        model with several outputs gives its saved weighting of them (card.weights: objective_weights, or one-hot at
+        a plain HF model's reward_index)."""
+        return self._forward(ids, per_objective=False)[:, 0].tolist()
+
+    def score_objectives_ids(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
+        """(N, K) outputs of token id lists (K = len(card.outputs)), in input order."""
+        return self._forward(ids, per_objective=True)
 
     def score_attributes(self, prompts: Sequence[Any], responses: Sequence[Any]) -> dict[str, list[float]]:
-        """Every named output of a multi-output model (card.labels, from its id2label): {name: one value per pair}."""
-        if not self.card.labels:
+        """Every named output of a multi-output model (card.outputs: a trained model's objectives or a plain HF
+        model's id2label labels): {name: one value per pair}."""
+        if len(self.card.outputs) < 2:
             raise ValueError(f"{self.name} has one output, the reward: use score()")
         texts = [self.render(p, r) for p, r in zip(prompts, responses, strict=True)]
-        hf, pooling = self.model.hf, self.model.pooling
-        out = self._forward(self.encoder.encode(texts), lambda ids, mask: logits(hf, ids, mask, pooling))  # (N, L)
-        return {name: out[:, i].tolist() for i, name in enumerate(self.card.labels)}
+        out = self.score_objectives_ids(self.encoder.encode(texts))  # (N, K)
+        return {name: out[:, i].tolist() for i, name in enumerate(self.card.outputs)}
 
-    def _forward(self, ids: Sequence[Sequence[int]], readout: Any) -> np.ndarray:
-        """(N, K) outputs of `readout(input_ids, mask)` ((b,) or (b, K)), longest first, in input order."""
-        out: np.ndarray | None = None
+    def _forward(self, ids: Sequence[Sequence[int]], per_objective: bool) -> np.ndarray:
+        """THE forward of every scoring call: (N, K) outputs, or (N, 1) rewards; longest first, in input order."""
+        out = np.empty((len(ids), len(self.card.outputs) if per_objective else 1), dtype=np.float64)
         batches = token_budget_batches([len(s) for s in ids], self.max_tokens, self.max_batch)
         pad = self.tokenizer.pad_token_id
         with torch.inference_mode():
             for batch in tqdm(batches, desc="scoring", unit="batch", disable=not self.progress):
                 input_ids, mask = pad_sequences([ids[i] for i in batch], pad)
-                values = readout(input_ids.to(self.device), mask.to(self.device)).float().cpu().numpy()
-                values = values.reshape(len(batch), -1)  # (b, K)
-                if out is None:
-                    out = np.empty((len(ids), values.shape[1]), dtype=np.float64)
-                out[batch] = values
-        return out if out is not None else np.zeros((0, 1))
+                rewards = self.model(input_ids.to(self.device), mask.to(self.device), per_objective=per_objective)
+                out[batch] = rewards.float().cpu().numpy().reshape(len(batch), -1)  # (b, K) or (b, 1)
+        return out
 
     def score_pairs(self, pairs: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
         """(chosen rewards, rejected rewards) of PreferencePairs, in one scoring pass."""

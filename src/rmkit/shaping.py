@@ -11,10 +11,12 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from rmkit.rules import RuleTerm
+
 if TYPE_CHECKING:
     import torch
 
-Ensemble = Literal["mean", "min", "mean_minus_std"]
+Ensemble = Literal["mean", "min", "mean_minus_std", "weighted"]
 KLEstimator = Literal["k1", "k2", "k3"]
 LengthUnit = Literal["tokens", "chars", "words"]
 
@@ -58,9 +60,21 @@ class ShapingConfig(BaseModel):
     reward_threshold: float | None = None
     """If set, each reward also gets a pass flag: final shaped reward ≥ threshold."""
     ensemble: Ensemble = "mean"
-    """How member scores of an ensemble (an (M, N) matrix) are combined: 'mean', 'min' or 'mean_minus_std'."""
+    """Member scores (M, N) combined by 'mean', 'min', 'mean_minus_std' or 'weighted' (Σ w_m r_m / Σ w_m)."""
     ensemble_k: float = Field(1.0, ge=0)
     """k in mean − k·std for ensemble='mean_minus_std' (std is the population std over members)."""
+    member_weights: list[float] | None = None
+    """ensemble='weighted': one non-negative weight per model directory, in order."""
+    objective_weights: dict[str, float] | None = None
+    """Multi-objective models: Σ weight · objective score, overriding rmkit.json's weights (missing names: 0); the
+    stored normalisation statistics were measured under the saved weights."""
+    objective_gates: dict[str, float] = {}
+    """Objective name → threshold: below it, the model reward is objective_gate_value instead of the weighted sum."""
+    objective_gate_value: float = 0.0
+    """The model reward (raw units, before normalisation) of an item that fails an objective gate."""
+    rules: list[RuleTerm] = []
+    """Named terms added to the shaped reward, each a reward component (rmkit.rules): length, regex, keyword, and
+    classifier (another model directory or served URL, as a penalty or a gate)."""
 
     @model_validator(mode="after")
     def _no_ignored_fields(self) -> ShapingConfig:
@@ -75,6 +89,7 @@ class ShapingConfig(BaseModel):
             "dapo_max_length": ("length_penalty", "dapo"),
             "dapo_cache": ("length_penalty", "dapo"),
             "ensemble_k": ("ensemble", "mean_minus_std"),
+            "member_weights": ("ensemble", "weighted"),
         }
         for name, (switch, value) in needs.items():
             allowed = value if isinstance(value, tuple) else (value,)
@@ -82,6 +97,8 @@ class ShapingConfig(BaseModel):
                 shown = " or ".join(repr(v) for v in allowed)
                 raise ValueError(f"{name}={getattr(self, name)!r} only applies with {switch}={shown} "
                                  f"(got {switch}={getattr(self, switch)!r}); set {switch} or drop {name}.")
+        if self.ensemble == "weighted" and (not self.member_weights or min(self.member_weights) < 0 or sum(self.member_weights) <= 0):
+            raise ValueError("ensemble='weighted' needs member_weights: one non-negative weight per model, not all 0.")
         if self.length_penalty == "linear" and self.length_coef == 0:
             raise ValueError("length_penalty='linear' needs length_coef > 0 (penalty per token over the threshold).")
         if self.length_penalty == "dapo" and (self.dapo_max_length is None or self.dapo_cache > self.dapo_max_length):
@@ -100,20 +117,29 @@ class ShapedRewards:
     member_std: np.ndarray | None  # (N,) population std over members in raw units, None for a single model
     passed: np.ndarray | None  # (N,) bool, shaped >= reward_threshold; None when no threshold is set
     length_penalty: np.ndarray | None = None  # (N,) the length-penalty part of shaped; None when no penalty is on
+    objectives: dict[str, np.ndarray] | None = None  # name → (N,) raw objective scores of multi-objective models
+    parts: dict[str, np.ndarray] | None = None  # name → (N,) named parts summing to `shaped` when rule terms are on
 
     def item(self, i: int) -> dict[str, Any]:
         """Item i's fields as scored rows and NeMo Gym /verify answers carry them: `reward` (shaped), `raw_reward`,
-        `passed` when a threshold is set, `member_rewards` and `reward_std` for an ensemble."""
+        `passed` when a threshold is set, `member_rewards` and `reward_std` for an ensemble, `objective_rewards` for
+        multi-objective models and `reward_components` (summing to `reward`) when rule terms apply."""
         fields: dict[str, Any] = {"reward": float(self.shaped[i]), "raw_reward": float(self.raw[i])}
         if self.passed is not None:
             fields["passed"] = bool(self.passed[i])
         if self.members is not None:
             fields.update(member_rewards=self.members[:, i].tolist(), reward_std=float(self.member_std[i]))
+        if self.objectives:
+            fields["objective_rewards"] = {k: float(v[i]) for k, v in self.objectives.items()}
+        if self.parts:
+            fields["reward_components"] = self.components(i)
         return fields
 
     def components(self, i: int) -> dict[str, float] | None:
-        """Item i's reward split into `reward_model` + `length_penalty` (summing to `reward` exactly), None when no
-        length penalty is on: NeMo Gym's reward_components."""
+        """Item i's reward as named parts summing to it (reward_model, length_penalty, rule terms); None when there is
+        only the model: NeMo Gym's reward_components."""
+        if self.parts:
+            return {k: float(v[i]) for k, v in self.parts.items()}
         if self.length_penalty is None:
             return None
         penalty = float(self.length_penalty[i])
@@ -121,11 +147,12 @@ class ShapedRewards:
 
 
 def combine_ensemble(
-    member_scores: np.ndarray, how: Ensemble = "mean", k: float = 1.0
+    member_scores: np.ndarray, how: Ensemble = "mean", k: float = 1.0, weights: list[float] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Combine (M, N) member scores into one (N,) score and the (N,) population std (ddof=0) over members.
 
-    [[1, 3], [3, 3]] → mean [2, 3], min [1, 3], std [1, 0], mean − 1·std [1, 3]. M = 1 gives std 0.
+    [[1, 3], [3, 3]] → mean [2, 3], min [1, 3], std [1, 0], mean − 1·std [1, 3], weighted [3, 1] → [1.5, 3].
+    M = 1 gives std 0.
     """
     scores = np.asarray(member_scores, dtype=np.float64)
     if scores.ndim != 2 or scores.shape[0] < 1:
@@ -137,6 +164,11 @@ def combine_ensemble(
         return scores.min(axis=0), std
     if how == "mean_minus_std":
         return mean - k * std, std
+    if how == "weighted":
+        if weights is None or len(weights) != scores.shape[0]:
+            raise ValueError(f"ensemble='weighted' needs {scores.shape[0]} member_weights, got {weights}")
+        w = np.asarray(weights, dtype=np.float64)
+        return w @ scores / w.sum(), std
     raise ValueError(f"unknown ensemble {how!r}; expected one of {get_args(Ensemble)}")
 
 
@@ -290,7 +322,7 @@ def shape_rewards(
     members = member_std = None
     if scores.ndim == 2:
         members = scores
-        scores, member_std = combine_ensemble(scores, cfg.ensemble, cfg.ensemble_k)  # (N,), (N,)
+        scores, member_std = combine_ensemble(scores, cfg.ensemble, cfg.ensemble_k, cfg.member_weights)  # (N,), (N,)
     elif scores.ndim != 1:
         raise ValueError(f"raw must be (N,) or (M, N), got shape {scores.shape}")
     penalty = None

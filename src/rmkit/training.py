@@ -24,18 +24,20 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from rmkit import checkpoint, metrics
+from rmkit import checkpoint, metrics, objectives
+from rmkit.build import load_for_training
 from rmkit.calibration import calibrate
 from rmkit.config import DataConfig, OptimConfig, TrainConfig, TrainingConfig, dump_config
 from rmkit.data import PreferencePair
-from rmkit.encoding import Batch, EncodedPair, Encoder, collate, encode_pairs, length_grouped_batches
+from rmkit.encoding import EncodedPair, Encoder, encode_pairs
 from rmkit.evaluation import evaluate, format_summary
-from rmkit.loss import bradley_terry_loss, length_correlation_penalty, soft_bradley_terry_loss
-from rmkit.model import ModelCard, RewardModel, load_for_training, mixed_precision, save_model
+from rmkit.loss import bradley_terry_loss
+from rmkit.model import ModelCard, RewardModel, mixed_precision, save_model
 from rmkit.modelcard import run_summary, write_model_card
 from rmkit.rows import MetricsLog, write_json
 from rmkit.scoring import Scorer
 from rmkit.splits import load_splits as load_splits  # re-exported: callers import it from here
+from rmkit.targets import load_rated_splits, objective_index, rated_pairs
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +92,11 @@ class TrainState:
 
 @dataclass
 class StepPlan:
-    """Which pairs each optimiser step sees: length-grouped global batches per epoch, fixed by the seed, so that
-    step s always sees the same pairs and resume is exact."""
+    """Which items each optimiser step sees: length-grouped global batches per epoch, one item kind each (pairs,
+    lists or ratings; objectives.plan_batches), fixed by the seed, so that step s always sees the same items and resume
+    is exact."""
 
-    lengths: list[int]
+    items: list[objectives.Item]
     global_batch: int
     world: int
     seed: int
@@ -103,7 +106,7 @@ class StepPlan:
 
     def epoch(self, epoch: int) -> list[list[int]]:
         if epoch not in self._epochs:
-            batches = length_grouped_batches(self.lengths, self.global_batch, self.seed + epoch, self.grouping)
+            batches = objectives.plan_batches(self.items, self.global_batch, self.seed + epoch, self.grouping)
             self._epochs[epoch] = [b for b in batches if len(b) >= self.world]
         return self._epochs[epoch]
 
@@ -125,28 +128,35 @@ class Window:
     correct: int = 0
     margin: float = 0.0
     pairs: int = 0
+    compared: int = 0
     seconds: float = 0.0
 
-    def add(self, loss: float, delta: torch.Tensor) -> None:
-        """One micro-batch: its mean loss and its (b,) reward differences chosen − rejected."""
-        self.loss += loss * len(delta)
-        self.correct += int((delta > 0).sum())
-        self.margin += float(delta.sum())
-        self.pairs += len(delta)
+    def add(self, loss: float, n: int, delta: torch.Tensor | None) -> None:
+        """One micro-batch of n items: its mean loss and the (n,) reward differences chosen − rejected (best minus
+        second of a list; None for ratings, which have no pairs to be right about)."""
+        self.loss += loss * n
+        self.pairs += n
+        if delta is not None:
+            self.correct += int((delta > 0).sum())
+            self.margin += float(delta.sum())
+            self.compared += len(delta)
 
 
 @dataclass
 class TrainData:
-    """Encoded training and validation pairs, the raw splits (for the report), and how many pairs were dropped."""
+    """Encoded training items (pairs, lists, ratings) and validation pairs, the raw splits (for the report; rated
+    validation and test pairs included), how many were dropped, and training pairs to validate on without a
+    validation split."""
 
-    train: list[EncodedPair]
+    train: list[objectives.Item]
     val: list[EncodedPair]
     splits: dict[str, list[PreferencePair]]
     dropped: dict[str, int]
+    fallback: list[EncodedPair] = field(default_factory=list)
 
     @property
     def stats_set(self) -> list[EncodedPair]:
-        return self.val or self.train[:256]  # OpenRLHF also falls back to training data for the statistics
+        return self.val or self.fallback  # OpenRLHF also falls back to training data for the statistics
 
     @property
     def heldout(self) -> bool:
@@ -184,7 +194,7 @@ def train(cfg: TrainConfig, sources: Sequence[Any] | None = None) -> Path:
         write_config(cfg, out)
     model, tokenizer, card = load_for_training(cfg.model, cfg.data.max_length, cfg.data.truncation)
     data = load_data(cfg.data, tc, tokenizer, card, sources)
-    plan = StepPlan([p.length for p in data.train], tc.batch_size * accelerator.num_processes,
+    plan = StepPlan(data.train, tc.batch_size * accelerator.num_processes,
                     accelerator.num_processes, tc.seed, tc.length_grouping, tc.grad_accum)
     total_steps = tc.max_steps or math.ceil(tc.epochs * plan.steps_per_epoch)
     optimizer = build_optimizer(model, cfg.optim)
@@ -252,24 +262,32 @@ def make_accelerator(tc: TrainingConfig) -> Accelerator:
 
 def load_data(cfg: DataConfig, tc: TrainingConfig, tokenizer: Any, card: ModelCard,
               sources: Sequence[Any] | None = None) -> TrainData:
-    """Read and split the pairs (`sources` instead of cfg.paths when given), encode train and validation, and
-    refuse what cannot be trained."""
+    """Read and split the pairs (`sources` instead of cfg.paths when given) and ratings, encode the training items
+    of the objective and the validation pairs, and refuse what cannot be trained."""
     splits = load_splits(cfg, tc.seed, sources)
+    ratings, rated_val, rated_test = load_rated_splits(cfg.ratings_paths, card.objectives, card.objective_weights,
+                                                       cfg.val_fraction, cfg.test_fraction, cfg.split_salt)
+    splits["val"], splits["test"] = splits["val"] + rated_val, splits["test"] + rated_test
     encoder = Encoder(tokenizer, card.max_length, card.add_special_tokens, card.truncation)
-    train_set, dropped = encode_pairs(splits["train"], encoder, card.template)
+    pair_objectives = [objective_index(p, cfg.paths, cfg.objective_of, card.objectives) for p in splits["train"]]
+    train_set, dropped = objectives.encode_training(splits["train"], pair_objectives, ratings, encoder, card.template,
+                                                    tc, len(card.objectives))
     val_set, val_dropped = encode_pairs(splits["val"], encoder, card.template)
     if dropped or val_dropped:
         log.warning("dropped %d training and %d validation pairs whose two sides are identical after truncation to %d "
                     "tokens; raise data.max_length to keep them", dropped, val_dropped, card.max_length)
     if not train_set:
-        raise TrainingError("no training pairs left after splitting and truncation")
+        raise TrainingError("no training pairs left after splitting and truncation" + (
+            "; train.objective='regression' trains on data.ratings_paths" if tc.objective == "regression" else ""))
     if not val_set and tc.early_stopping_patience:
         raise TrainingError("train.early_stopping_patience needs validation pairs: set data.val_fraction > 0")
     if not val_set:
         log.warning("no validation pairs (data.val_fraction=0): the 'val' rows of metrics.jsonl and the normalisation "
                     "statistics come from %d training pairs, and are marked so (heldout: false, "
                     "reward_stats_from: training)", min(len(train_set), 256))
-    return TrainData(train_set, val_set, splits, {"train": dropped, "val": val_dropped})
+    fallback = [] if val_set else encode_pairs((splits["train"] or rated_pairs(ratings, card.objective_weights))[:256],
+                                               encoder, card.template)[0]
+    return TrainData(train_set, val_set, splits, {"train": dropped, "val": val_dropped}, fallback)
 
 
 def resume(t: Trainer, enabled: bool) -> TrainState:
@@ -282,33 +300,17 @@ def resume(t: Trainer, enabled: bool) -> TrainState:
     return TrainState(**saved)
 
 
-def pair_loss(tc: TrainingConfig, chosen: torch.Tensor, rejected: torch.Tensor, batch: Batch) -> torch.Tensor:
-    """The objective `tc` names on one batch's (B,) rewards: Bradley–Terry, or soft Bradley–Terry against each pair's
-    label probability (1 − label_smoothing where a pair has none, and for every pair under plain BT)."""
-    if tc.objective == "bradley_terry" and not tc.label_smoothing:
-        return bradley_terry_loss(chosen, rejected, batch.margin, tc.center_coef)
-    prob = torch.full_like(chosen, 1.0 - tc.label_smoothing)  # (B,)
-    if tc.objective == "soft_bradley_terry" and batch.label_prob is not None:
-        prob = torch.where(torch.isnan(batch.label_prob), prob, batch.label_prob.to(prob.dtype))
-    return soft_bradley_terry_loss(chosen, rejected, prob, batch.margin, tc.center_coef)
-
-
-def train_step(t: Trainer, pairs: list[EncodedPair], micro: list[list[int]], tc: TrainingConfig, optim: OptimConfig,
+def train_step(t: Trainer, items: list[objectives.Item], micro: list[list[int]], tc: TrainingConfig, optim: OptimConfig,
                window: Window, step: int) -> float:
-    """One optimiser step over `micro` (grad_accum global batches, each split across ranks); returns the grad norm."""
+    """One optimiser step over `micro` (grad_accum global batches, each split across ranks, each one item kind with
+    its loss from objectives.batch_loss); returns the grad norm."""
     acc, world, rank = t.accelerator, t.accelerator.num_processes, t.accelerator.process_index
     step_pairs = sum(len(b) for b in micro)
     for i, batch_idx in enumerate(micro):
         local = np.array_split(np.array(batch_idx), world)[rank]
-        batch = collate([pairs[j] for j in local], t.tokenizer.pad_token_id).to(acc.device)
         with nullcontext() if i == len(micro) - 1 else acc.no_sync(t.model):
-            scores = t.model(batch.input_ids, batch.attention_mask)  # (2b,)
-            chosen, rejected = scores.float().chunk(2)  # (b,), (b,)
-            loss = pair_loss(tc, chosen, rejected, batch)
-            if tc.length_decorrelation:
-                chosen_len, rejected_len = batch.attention_mask.sum(1).float().chunk(2)  # (b,), (b,)
-                loss = loss + tc.length_decorrelation * length_correlation_penalty(
-                    chosen - rejected, chosen_len - rejected_len)
+            loss, stats = objectives.batch_loss(t.model, [items[j] for j in local], t.tokenizer.pad_token_id,
+                                                acc.device, tc)
             seen = acc.gather(loss.detach().reshape(1))
             if not torch.isfinite(seen).all():
                 last = checkpoint.latest_checkpoint(t.ckpt_root)
@@ -316,7 +318,7 @@ def train_step(t: Trainer, pairs: list[EncodedPair], micro: list[list[int]], tc:
                                     f"checkpoint is {last or 'none yet'}; lower optim.lr or set optim.max_grad_norm")
             # each rank's mean, weighted so the DDP average equals the mean over all pairs of the step
             acc.backward(loss * len(local) * world / step_pairs)
-        window.add(loss.item(), (chosen - rejected).detach())
+        window.add(loss.item(), len(local), stats.delta)
     params = [p for p in t.model.parameters() if p.requires_grad]
     max_norm = optim.max_grad_norm if optim.max_grad_norm is not None else float("inf")
     grad_norm = float(acc.clip_grad_norm_(params, max_norm))
@@ -330,7 +332,7 @@ def log_window(metrics_log: MetricsLog, bar: Any, w: Window, step: int, steps_pe
                t: Trainer) -> None:
     """One training line of metrics.jsonl: the window's mean loss, accuracy and margin, lr, grad norm, pairs/s."""
     row = {"step": step, "split": "train", "epoch": round(step / steps_per_epoch, 4), "loss": w.loss / w.pairs,
-           "accuracy": w.correct / w.pairs, "margin": w.margin / w.pairs, "lr": t.scheduler.get_last_lr()[0],
+           "accuracy": w.correct / max(w.compared, 1), "margin": w.margin / max(w.compared, 1), "lr": t.scheduler.get_last_lr()[0],
            "grad_norm": grad_norm, "pairs_per_s": w.pairs * t.accelerator.num_processes / w.seconds}
     metrics_log.write(**row)
     bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['accuracy']:.2f}")
