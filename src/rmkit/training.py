@@ -231,7 +231,7 @@ def train(cfg: TrainConfig, sources: Sequence[Any] | None = None) -> Path:
 
     if not tc.early_stopping_patience:
         save_best(t, state.last_val or validate(t.raw_model, tokenizer, card, data.stats_set), data.heldout)
-    final_report(t, data, state, stopped_early, cfg, time.perf_counter() - run_started)
+    final_report(t, data, state, stopped_early, cfg, run_started)
     return out
 
 
@@ -374,9 +374,10 @@ def save_checkpoint(t: Trainer, state: TrainState, keep: int) -> None:
 
 
 def final_report(t: Trainer, data: TrainData, state: TrainState, stopped_early: bool, cfg: TrainConfig,
-                 seconds: float) -> None:
+                 run_started: float) -> None:
     """eval.json: early stopping, dropped pairs, calibration (T into rmkit.json), val/test reports and the run's
-    facts; then the model card (model/README.md) from the same dict."""
+    facts, its wall time counted from `run_started` (perf_counter) to here, evaluation included; then the model card
+    (model/README.md) from the same dict."""
     t.accelerator.wait_for_everyone()
     if t.accelerator.is_main_process:
         report: dict[str, Any] = {"stopped_early": stopped_early, "best_step": state.best_step,
@@ -389,6 +390,7 @@ def final_report(t: Trainer, data: TrainData, state: TrainState, stopped_early: 
             if data.splits[name]:
                 report[name] = evaluate(scorer, data.splits[name])
                 log.info(format_summary(name, report[name]))
+        seconds = time.perf_counter() - run_started
         report["run"] = run_summary(cfg, data.splits, seconds, state.step, t.accelerator.num_processes)
         write_json(report, t.out / "eval.json")
         write_model_card(t.out / "model", cfg, report)
