@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_intermixed_args(argv)
 
     from rmkit.config import load_config
-    from rmkit.data import read_pairs, split_by_prompt
+    from rmkit.data import read_pairs
+    from rmkit.splits import split_by_prompt
     from rmkit.evaluation import summarize
     from rmkit.scoring import Scorer
     from rmkit.training import train

@@ -91,6 +91,21 @@ def test_running_statistics_are_restored_after_a_restart(tmp_path, llama_scorer)
     assert json.loads(path.read_text()) == pytest.approx(expected)
 
 
+def test_the_stats_file_is_written_at_most_once_per_interval_and_at_shutdown(tmp_path, llama_scorer):
+    """Interval 60 s: the first request writes the file, the second (within the interval) does not; shutdown writes
+    the moments of both."""
+    shaping = ShapingConfig(normalize="running", clip=None)
+    path = tmp_path / "stats.json"
+    with client_for(llama_scorer, shaping, stats_path=str(path), stats_save_interval_s=60) as c:
+        c.post("/score", json={"items": [{"prompt": "Name a prime.", "response": "7"}]})
+        after_first = json.loads(path.read_text())
+        c.post("/score", json={"items": [{"prompt": "Name a prime.", "response": "9"}]})
+        assert json.loads(path.read_text()) == after_first
+        final = c.app.state.service.backend.running.state_dict()
+    assert after_first["count"] < final["count"]
+    assert json.loads(path.read_text()) == pytest.approx(final)
+
+
 def test_a_seeded_server_starts_from_the_saved_file_not_the_seed(tmp_path, llama_scorer):
     (tmp_path / "stats.json").write_text('{"mean": 3.0, "var": 4.0, "std": 2.0, "count": 10.0}\n')
     shaping = ShapingConfig(normalize="running", reward_mean=-1.0, reward_std=5.0, clip=None)

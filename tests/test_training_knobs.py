@@ -212,6 +212,27 @@ def test_max_train_pairs_caps_the_pairs_an_epoch_sees(pairs_file, tmp_path):
     assert len(load_splits(load_config(None, overrides(pairs_file, out, "data.max_train_pairs=5")).data, 42)["train"]) == 5
 
 
+def test_max_eval_pairs_caps_each_files_validation_and_test_splits_and_leaves_training_alone(tmp_path):
+    """Two files of 60 distinct prompts, splits of 0.25/0.25: capped at 3 per file, each split has 3 + 3 pairs, a
+    subset of the uncapped split in its order, and the training pairs are the same list as without the cap."""
+    from rmkit.training import load_splits
+
+    files = []
+    for name in ("a", "b"):
+        rows = [{"prompt": f"{name} question {i}", "chosen": "yes", "rejected": "no"} for i in range(60)]
+        files.append(tmp_path / f"{name}.jsonl")
+        files[-1].write_text("".join(json.dumps(r) + "\n" for r in rows))
+    base = [f"data.paths=[{files[0]}, {files[1]}]", "data.val_fraction=0.25", "data.test_fraction=0.25"]
+    full = load_splits(load_config(None, base).data, 42)
+    capped = load_splits(load_config(None, [*base, "data.max_eval_pairs=3"]).data, 42)
+    assert capped["train"] == full["train"]
+    for name in ("val", "test"):
+        assert len(full[name]) > 6 and len(capped[name]) == 6
+        assert sorted(p.prompt[0] for p in capped[name]) == ["a"] * 3 + ["b"] * 3
+        positions = [full[name].index(p) for p in capped[name]]
+        assert positions == sorted(positions)
+
+
 def test_gradient_checkpointing_recomputes_the_layers_and_gives_the_same_loss_and_gradients(
         pairs_file, tmp_path, step_grads, monkeypatch):
     import rmkit.training as training

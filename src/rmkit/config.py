@@ -147,6 +147,9 @@ class DataConfig(Strict):
     first. Stored in rmkit.json, so scoring cuts the same way."""
     max_train_pairs: int | None = None
     """Use only the first N training pairs (after splitting and balancing), for quick runs."""
+    max_eval_pairs: int | None = Field(None, ge=1)
+    """Validate and test on at most N pairs of each file's validation and test splits (a seeded sample, file order
+    kept); the rest of those splits stays unused, never trained on. For large sets or slow backbones."""
     ratings_paths: list[str] = []
     """Ratings files (prompt, response, score or one column per objective), regression beside the pairs."""
     objective_of: list[str] | None = None

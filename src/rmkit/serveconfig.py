@@ -70,8 +70,11 @@ class ServeConfig(Strict):
     """How raw scores become rewards: normalisation, clipping, length penalty, threshold, ensemble rule."""
     stats_path: str | None = None
     """With shaping.normalize='running': a JSON file holding the running statistics, restored at start-up when it
-    exists (it wins over shaping.reward_mean/reward_std) and rewritten atomically after every scored request, so a
-    restarted server keeps its normalisation."""
+    exists (it wins over shaping.reward_mean/reward_std), rewritten atomically after a scored request at most every
+    stats_save_interval_s and at shutdown, so a restarted server keeps its normalisation."""
+    stats_save_interval_s: float = Field(1.0, ge=0)
+    """Least seconds between two writes of stats_path (0: after every request); a crash loses at most the updates of
+    that interval, a clean shutdown none."""
     playground: bool = True
     """Serve the browser playground at GET / and /playground (the page loads without the token; it asks for it)."""
     playground_examples: list[str] | None = None

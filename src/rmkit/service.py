@@ -13,6 +13,7 @@ Knows FastAPI's Request and the batcher; knows nothing of wire formats (rmkit.pr
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -57,9 +58,11 @@ class RewardService:
     """The encode → batch → shape path of every reward route, within request_timeout_s."""
 
     def __init__(self, backend: RewardBackend, batcher: MicroBatcher, request_timeout_s: float,
-                 stats_path: str | None = None):
+                 stats_path: str | None = None, stats_save_interval_s: float = 0.0):
         self.backend, self.batcher, self.request_timeout_s = backend, batcher, request_timeout_s
-        self.stats_path = stats_path  # running statistics saved here after every request (ServeConfig.stats_path)
+        self.stats_path = stats_path  # running statistics saved here (ServeConfig.stats_path) ...
+        self.stats_save_interval_s = stats_save_interval_s  # ... at most this often; the server saves at shutdown
+        self._stats_saved_at = -math.inf
 
     async def run(self, request: Request, encode: Callable[[], list[Encoded]]) -> tuple[list[Encoded], ShapedRewards]:
         """Encode off the loop, score through the batcher within the deadline, shape; (encoded, ShapedRewards)."""
@@ -75,9 +78,17 @@ class RewardService:
         future = self._put(encoded)  # no await since `incoming -= 1`
         rows = await self._scored(request, future, self.request_timeout_s - (time.perf_counter() - started))
         out = self.backend.shape(np.asarray(rows, dtype=np.float64), encoded)  # rows: (N, M)
-        if self.stats_path is not None:  # after every update, so a crash loses at most the requests in flight
-            await run_in_threadpool(save_moments, self.backend.running, self.stats_path)
+        await self._save_stats()
         return encoded, out
+
+    async def _save_stats(self) -> None:
+        """Write the running statistics when stats_path is set and the last write is stats_save_interval_s old; the
+        clock is set before the write, so concurrent requests do not write the same file at once."""
+        now = time.monotonic()
+        if self.stats_path is None or now - self._stats_saved_at < self.stats_save_interval_s:
+            return
+        self._stats_saved_at = now
+        await run_in_threadpool(save_moments, self.backend.running, self.stats_path)
 
     def _put(self, encoded: list[Encoded]) -> asyncio.Future:
         try:

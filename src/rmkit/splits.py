@@ -45,12 +45,13 @@ def load_splits(cfg: DataConfig, seed: int, sources: Sequence[Any] | None = None
     per_file: list[list[PreferencePair]] = []
     val: list[PreferencePair] = []
     test: list[PreferencePair] = []
+    held_rng = random.Random(seed)  # its own stream: capping evaluation leaves the training order unchanged
     for path in cfg.paths if sources is None else sources:
         pairs = read_pairs(path, format=cfg.format, skip_bad=cfg.skip_bad, **cfg.column_keys())
         train_part, val_part, test_part = split_by_prompt(pairs, cfg.val_fraction, cfg.test_fraction, cfg.split_salt)
         per_file.append(train_part)
-        val += val_part
-        test += test_part
+        val += _cap(val_part, cfg.max_eval_pairs, held_rng)
+        test += _cap(test_part, cfg.max_eval_pairs, held_rng)
     rng = random.Random(seed)
     if cfg.source_weights is not None and len(cfg.source_weights) != len(per_file):
         raise ValueError(f"data.source_weights has {len(cfg.source_weights)} weights for {len(per_file)} files")
@@ -64,6 +65,13 @@ def load_splits(cfg: DataConfig, seed: int, sources: Sequence[Any] | None = None
     if cfg.max_train_pairs is not None:
         train = train[: cfg.max_train_pairs]
     return {"train": train, "val": val, "test": test}
+
+
+def _cap(pairs: list[PreferencePair], k: int | None, rng: random.Random) -> list[PreferencePair]:
+    """At most k of the pairs, a random subset in their original order (all of them when k is None)."""
+    if k is None or len(pairs) <= k:
+        return pairs
+    return [pairs[i] for i in sorted(rng.sample(range(len(pairs)), k))]
 
 
 def _resample(pairs: list[PreferencePair], k: int, rng: random.Random) -> list[PreferencePair]:
