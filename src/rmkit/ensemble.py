@@ -57,6 +57,15 @@ def response_text(response: Any) -> str:
     return "\n\n".join(content_text(m.get("content"), "response") for m in response)
 
 
+@dataclass(frozen=True)
+class Member:
+    """One model of a RewardPath as the server describes it."""
+
+    name: str
+    temperature: float
+    max_length: int
+
+
 class RewardPath:
     """M ≥ 1 scorers plus the shaping that turns their (N, M) raw scores into N rewards.
 
@@ -158,6 +167,14 @@ class RewardPath:
         prompts = prompts or [None] * len(texts)
         tails = [t[len(p):] if p and t.startswith(p) else t for t, p in zip(texts, prompts, strict=True)]
         return _pack(per_member, self._response_tokens(tails), list(prompts), tails)
+
+    def members(self) -> list[Member]:
+        """Each member's name, calibrated temperature and token window (what the playground shows)."""
+        return [Member(s.name, s.card.temperature, s.encoder.max_length) for s in self.scorers]
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """Each text's length in tokens of the first member's tokenizer (the one length penalties count with)."""
+        return [len(ids) for ids in self.scorers[0].tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
 
     @property
     def vocab_size(self) -> int:

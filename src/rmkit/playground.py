@@ -120,10 +120,11 @@ def router(model_dirs: Sequence[str], example_files: Sequence[str] | None = None
     @api.get("/playground/info")
     async def info(request: Request) -> dict[str, Any]:
         """The served model: name, members with their calibrated temperatures, and the shaping in use."""
-        backend = request.app.state.service.backend  # an ensemble.RewardPath: its scorers hold cards and tokenizers
-        dirs = [str(d) for d in model_dirs] if len(model_dirs) == len(backend.scorers) else [None] * len(backend.scorers)
-        members = [{"name": s.name, "path": d, "temperature": s.card.temperature, "max_length": s.encoder.max_length}
-                   for s, d in zip(backend.scorers, dirs, strict=True)]
+        backend = request.app.state.service.backend
+        found = backend.members()
+        dirs = [str(d) for d in model_dirs] if len(model_dirs) == len(found) else [None] * len(found)
+        members = [{"name": m.name, "path": d, "temperature": m.temperature, "max_length": m.max_length}
+                   for m, d in zip(found, dirs, strict=True)]
         return {"model": backend.name, "members": members, "shaping": backend.shaping.model_dump(),
                 "temperature": sum(m["temperature"] for m in members) / len(members),
                 "temperature_note": "the model's calibrated temperature" if len(members) == 1 else
@@ -133,8 +134,7 @@ def router(model_dirs: Sequence[str], example_files: Sequence[str] | None = None
     @api.post("/playground/tokens", responses=documented(400, 422))
     def tokens(body: TokensRequest, request: Request) -> dict[str, list[int]]:
         """Each text's length in tokens of the first member's tokenizer (the one length penalties use)."""
-        tokenizer = request.app.state.service.backend.scorers[0].tokenizer
-        return {"tokens": [len(ids) for ids in tokenizer(body.texts, add_special_tokens=False)["input_ids"]]}
+        return {"tokens": request.app.state.service.backend.count_tokens(body.texts)}
 
     @api.get("/playground/examples")
     async def examples() -> Examples:

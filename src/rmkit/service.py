@@ -24,7 +24,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from rmkit.batcher import MicroBatcher, QueueFull
 from rmkit.contract import ApiError
-from rmkit.ensemble import Encoded
+from rmkit.ensemble import Encoded, Member
 from rmkit.moments import save_moments
 from rmkit.shaping import RunningMoments, ShapedRewards, ShapingConfig
 
@@ -46,6 +46,10 @@ class RewardBackend(Protocol):
     def encode_ids(self, ids: Sequence[Sequence[int]]) -> list[Encoded]: ...
 
     def forward(self, encoded: Sequence[Encoded]) -> np.ndarray: ...
+
+    def members(self) -> list[Member]: ...
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]: ...
 
     def shape(self, raw: np.ndarray, encoded: Sequence[Encoded]) -> ShapedRewards: ...
 
