@@ -233,6 +233,20 @@ def test_max_eval_pairs_caps_each_files_validation_and_test_splits_and_leaves_tr
         assert positions == sorted(positions)
 
 
+def test_a_resumed_runs_wall_time_includes_the_sessions_before_its_checkpoint(pairs_file, tmp_path):
+    """Checkpoints carry the run's wall time so far; a resumed run reports that plus its own session. The step-2
+    checkpoint's time is set to 1,000 s, so the resumed run's eval.json must say at least that."""
+    out = run(pairs_file, tmp_path / "run", "train.max_steps=2", "train.save_every=1")
+    state = out / "checkpoints" / "step-2" / "state.json"
+    meta = json.loads(state.read_text())
+    first = json.loads((out / "eval.json").read_text())["run"]["wall_time_s"]
+    assert 0 < meta["train"]["elapsed_s"] <= first
+    meta["train"]["elapsed_s"] = 1000.0
+    state.write_text(json.dumps(meta))
+    run(pairs_file, out, "train.max_steps=3", "train.save_every=1")
+    assert 1000.0 < json.loads((out / "eval.json").read_text())["run"]["wall_time_s"] < 1000.0 + 600
+
+
 def test_gradient_checkpointing_recomputes_the_layers_and_gives_the_same_loss_and_gradients(
         pairs_file, tmp_path, step_grads, monkeypatch):
     import rmkit.training as training

@@ -84,10 +84,13 @@ class TrainState:
     bad_evals: int = 0
     best_step: int | None = None
     last_val: dict[str, float] | None = None
+    elapsed_s: float = 0.0  # wall time of the run's earlier sessions, up to the checkpoint this session resumed from
 
-    def saved(self) -> dict[str, Any]:
-        """The checkpoint's `train` entry: every field but the step, unset ones left out (the format on disk)."""
-        return {k: v for k, v in asdict(self).items() if k != "step" and v is not None}
+    def saved(self, session_s: float = 0.0) -> dict[str, Any]:
+        """The checkpoint's `train` entry: every field but the step, unset ones left out (the format on disk), with
+        this session's `session_s` seconds so far added to the run's wall time."""
+        out = {k: v for k, v in asdict(self).items() if k != "step" and v is not None}
+        return {**out, "elapsed_s": self.elapsed_s + session_s}
 
 
 @dataclass
@@ -176,6 +179,7 @@ class Trainer:
     tokenizer: Any
     card: ModelCard
     out: Path
+    started: float  # perf_counter when this session of the run began
 
     @property
     def ckpt_root(self) -> Path:
@@ -201,7 +205,8 @@ def train(cfg: TrainConfig, sources: Sequence[Any] | None = None) -> Path:
     scheduler = get_scheduler(cfg.optim.schedule, optimizer, num_warmup_steps=int(cfg.optim.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
     prepared, optimizer = accelerator.prepare(model, optimizer)  # the scheduler stays ours: one step per optimiser step
-    t = Trainer(accelerator, prepared, accelerator.unwrap_model(prepared), optimizer, scheduler, tokenizer, card, out)
+    t = Trainer(accelerator, prepared, accelerator.unwrap_model(prepared), optimizer, scheduler, tokenizer, card, out,
+                run_started)
     state = resume(t, tc.resume)
     metrics_log = MetricsLog(out / "metrics.jsonl", state.step if state.step else None, accelerator.is_main_process)
     if accelerator.is_main_process:
@@ -365,7 +370,8 @@ def save_checkpoint(t: Trainer, state: TrainState, keep: int) -> None:
     """checkpoints/step-N on every rank, committed atomically by the main rank between barriers; the last `keep`
     are kept."""
     acc = t.accelerator
-    checkpoint.save_checkpoint(t.ckpt_root, state.step, t.raw_model, t.optimizer, t.scheduler, state.saved(),
+    checkpoint.save_checkpoint(t.ckpt_root, state.step, t.raw_model, t.optimizer, t.scheduler,
+                               state.saved(time.perf_counter() - t.started),
                                acc.process_index, acc.is_main_process)
     acc.wait_for_everyone()
     if acc.is_main_process:
@@ -376,7 +382,8 @@ def save_checkpoint(t: Trainer, state: TrainState, keep: int) -> None:
 def final_report(t: Trainer, data: TrainData, state: TrainState, stopped_early: bool, cfg: TrainConfig,
                  run_started: float) -> None:
     """eval.json: early stopping, dropped pairs, calibration (T into rmkit.json), val/test reports and the run's
-    facts, its wall time counted from `run_started` (perf_counter) to here, evaluation included; then the model card
+    facts, its wall time (earlier sessions up to the resumed checkpoint, plus this one from `run_started`, a
+    perf_counter, to here, evaluation included); then the model card
     (model/README.md) from the same dict."""
     t.accelerator.wait_for_everyone()
     if t.accelerator.is_main_process:
@@ -390,7 +397,7 @@ def final_report(t: Trainer, data: TrainData, state: TrainState, stopped_early: 
             if data.splits[name]:
                 report[name] = evaluate(scorer, data.splits[name])
                 log.info(format_summary(name, report[name]))
-        seconds = time.perf_counter() - run_started
+        seconds = state.elapsed_s + time.perf_counter() - run_started  # earlier sessions of a resumed run included
         report["run"] = run_summary(cfg, data.splits, seconds, state.step, t.accelerator.num_processes)
         write_json(report, t.out / "eval.json")
         write_model_card(t.out / "model", cfg, report)
