@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 
 RETRY_STATUS = frozenset({503})
+RETRY_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError)  # the server never saw it, or dropped it
 
 
 class RewardClientError(RuntimeError):
@@ -110,17 +111,24 @@ class RewardClient:
             raise RewardClientError(response.status_code, detail)
         return response.json()
 
+    def _final(self, attempt: int, response: httpx.Response | None, error: Exception | None) -> bool:
+        """Whether this attempt's response is the answer (a non-retryable status, or the last try); a connection
+        error on the last try raises. False: wait self._wait(...) and try again (the next replica with several)."""
+        last = attempt == self.retries
+        if error is not None and last:
+            raise RewardClientError(None, f"{type(error).__name__}: {error}") from error
+        return response is not None and (response.status_code not in RETRY_STATUS or last)
+
     def _request(self, method: str, path: str, body: Any = None) -> Any:
         if self._sync is None:
             self._sync = httpx.Client(**self._opts)
         for attempt in range(self.retries + 1):
-            response, last = None, attempt == self.retries
+            response, error = None, None
             try:
                 response = self._sync.request(method, self._next_url() + path, json=body)
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as exc:
-                if last:
-                    raise RewardClientError(None, f"{type(exc).__name__}: {exc}") from exc
-            if response is not None and (response.status_code not in RETRY_STATUS or last):
+            except RETRY_ERRORS as exc:
+                error = exc
+            if self._final(attempt, response, error):
                 return self._result(response)
             time.sleep(self._wait(attempt, response))
         raise AssertionError("unreachable")
@@ -130,13 +138,12 @@ class RewardClient:
         if self._async is None or self._async_loop is not loop:  # a pool is bound to the loop that opened it
             self._async, self._async_loop = httpx.AsyncClient(**self._opts), loop
         for attempt in range(self.retries + 1):
-            response, last = None, attempt == self.retries
+            response, error = None, None
             try:
                 response = await self._async.request(method, self._next_url() + path, json=body)
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError) as exc:
-                if last:
-                    raise RewardClientError(None, f"{type(exc).__name__}: {exc}") from exc
-            if response is not None and (response.status_code not in RETRY_STATUS or last):
+            except RETRY_ERRORS as exc:
+                error = exc
+            if self._final(attempt, response, error):
                 return self._result(response)
             await asyncio.sleep(self._wait(attempt, response))
         raise AssertionError("unreachable")
