@@ -12,7 +12,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError
 
-DEFAULT_DATA = ("data/hh-rlhf-harmless/pairs.jsonl", "data/pandalm/pairs.jsonl")
+DEFAULT_DATA = ("data/hh-rlhf-harmless/pairs.jsonl", "data/pandalm/pairs.jsonl", "data/alpacaeval-gpt4turbo/pairs.jsonl.gz")
 
 
 Precision = Literal["auto", "fp32", "bf16", "fp16", "int8"]
@@ -79,7 +79,7 @@ class DataConfig(Strict):
     paths: list[str] = list(DEFAULT_DATA)
     """Preference files (JSONL, JSON, CSV, Parquet), datasets saved with save_to_disk, or `datasets.load_dataset`
     sources: a hub name as NAME or NAME:SPLIT (split 'train' by default) or a local folder of data files; relative
-    to the working directory. The default is the vendored HH-RLHF harmless and PandaLM pairs."""
+    to the working directory. The default is the vendored HH-RLHF harmless, PandaLM and AlpacaEval pairs."""
     format: Literal["auto", "pairs", "hh", "ranked", "ab", "ratings", "helpsteer3", "graded"] = "auto"
     """Row shape; 'auto' recognises each row by its keys. 'helpsteer3': HelpSteer3 preference rows as published;
     'graded': UltraFeedback-style rows (one prompt, several completions with ratings)."""
