@@ -128,6 +128,21 @@ def test_rule_terms_and_a_classifier_gate_are_components_that_sum_to_the_reward(
     assert verify["refusal"] == -1.0 and verify["reward"] == pytest.approx(out["rewards"][1], abs=1e-5)
 
 
+def test_a_classifier_term_can_be_another_served_model(dirs):
+    """source: an `rmkit serve` URL. The term scores through the server's raw rewards, equal to loading it locally."""
+    from live_server import live_server
+    from rmkit.composition import load_classifier
+    from rmkit.rules import ClassifierTerm
+
+    safety = dirs["bert-mlp-cls"]
+    raw = ShapingConfig(normalize="none", clip=None)
+    local = np.array(Scorer.load(safety, device="cpu").score(PROMPTS, RESPONSES))
+    app = create_app(lambda: Ensemble.load([safety], raw, device="cpu"), ServeConfig(model_dirs=[str(safety)], shaping=raw))
+    with live_server(app) as live:
+        term = ClassifierTerm(name="safety", source=live.url, mode="penalty")
+        np.testing.assert_allclose(load_classifier(term)(PROMPTS, RESPONSES), local, atol=1e-5)
+
+
 def test_weighted_ensembles_use_member_weights(dirs):
     a, b = dirs["llama-mlp-attention"], dirs["bert-mlp-cls"]
     ra, rb = (np.array(Scorer.load(d, device="cpu").score(PROMPTS, RESPONSES)) for d in (a, b))
