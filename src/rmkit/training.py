@@ -87,8 +87,7 @@ class TrainState:
     elapsed_s: float = 0.0  # wall time of the run's earlier sessions, up to the checkpoint this session resumed from
 
     def saved(self, session_s: float = 0.0) -> dict[str, Any]:
-        """The checkpoint's `train` entry: every field but the step, unset ones left out (the format on disk), with
-        this session's `session_s` seconds so far added to the run's wall time."""
+        """The checkpoint's `train` entry (on disk): every set field but the step; elapsed_s gains `session_s`."""
         out = {k: v for k, v in asdict(self).items() if k != "step" and v is not None}
         return {**out, "elapsed_s": self.elapsed_s + session_s}
 
@@ -371,8 +370,7 @@ def save_checkpoint(t: Trainer, state: TrainState, keep: int) -> None:
     are kept."""
     acc = t.accelerator
     checkpoint.save_checkpoint(t.ckpt_root, state.step, t.raw_model, t.optimizer, t.scheduler,
-                               state.saved(time.perf_counter() - t.started),
-                               acc.process_index, acc.is_main_process)
+                               state.saved(time.perf_counter() - t.started), acc.process_index, acc.is_main_process)
     acc.wait_for_everyone()
     if acc.is_main_process:
         checkpoint.commit_checkpoint(t.ckpt_root, state.step, keep)
@@ -382,9 +380,7 @@ def save_checkpoint(t: Trainer, state: TrainState, keep: int) -> None:
 def final_report(t: Trainer, data: TrainData, state: TrainState, stopped_early: bool, cfg: TrainConfig,
                  run_started: float) -> None:
     """eval.json: early stopping, dropped pairs, calibration (T into rmkit.json), val/test reports and the run's
-    facts, its wall time (earlier sessions up to the resumed checkpoint, plus this one from `run_started`, a
-    perf_counter, to here, evaluation included); then the model card
-    (model/README.md) from the same dict."""
+    facts (wall time: earlier sessions + this one, evaluation included); then the model card from the same dict."""
     t.accelerator.wait_for_everyone()
     if t.accelerator.is_main_process:
         report: dict[str, Any] = {"stopped_early": stopped_early, "best_step": state.best_step,
