@@ -132,8 +132,7 @@ class RewardPath:
             return [0] * len(responses)  # tokenising only to throw the counts away would cost time
         if self.shaping.length_unit != "tokens":
             return [response_length(r, self.shaping.length_unit) for r in responses]
-        ids = self.scorers[0].tokenizer(list(responses), add_special_tokens=False)["input_ids"]
-        return [len(i) for i in ids]
+        return self.count_tokens(responses)
 
     def encode_pairs(self, prompts: Sequence[Any], responses: Sequence[Any]) -> list[Encoded]:
         """(prompt, response) pairs, text or chat messages, rendered with each member's own template."""

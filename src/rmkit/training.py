@@ -235,7 +235,7 @@ def train(cfg: TrainConfig, sources: Sequence[Any] | None = None) -> Path:
 
     if not tc.early_stopping_patience:
         save_best(t, state.last_val or validate(t.raw_model, tokenizer, card, data.stats_set), data.heldout)
-    final_report(t, data, state, stopped_early, cfg, run_started)
+    final_report(t, data, state, stopped_early, cfg)
     return out
 
 
@@ -377,8 +377,7 @@ def save_checkpoint(t: Trainer, state: TrainState, keep: int) -> None:
     acc.wait_for_everyone()
 
 
-def final_report(t: Trainer, data: TrainData, state: TrainState, stopped_early: bool, cfg: TrainConfig,
-                 run_started: float) -> None:
+def final_report(t: Trainer, data: TrainData, state: TrainState, stopped_early: bool, cfg: TrainConfig) -> None:
     """eval.json: early stopping, dropped pairs, calibration (T into rmkit.json), val/test reports and the run's
     facts (wall time: earlier sessions + this one, evaluation included); then the model card from the same dict."""
     t.accelerator.wait_for_everyone()
@@ -393,7 +392,7 @@ def final_report(t: Trainer, data: TrainData, state: TrainState, stopped_early: 
             if data.splits[name]:
                 report[name] = evaluate(scorer, data.splits[name])
                 log.info(format_summary(name, report[name]))
-        seconds = state.elapsed_s + time.perf_counter() - run_started  # earlier sessions of a resumed run included
+        seconds = state.elapsed_s + time.perf_counter() - t.started  # earlier sessions of a resumed run included
         report["run"] = run_summary(cfg, data.splits, seconds, state.step, t.accelerator.num_processes)
         write_json(report, t.out / "eval.json")
         write_model_card(t.out / "model", cfg, report)
