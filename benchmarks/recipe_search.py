@@ -46,9 +46,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from rmkit.config import load_config
     from rmkit.data import read_pairs
-    from rmkit.splits import split_by_prompt
     from rmkit.evaluation import summarize
     from rmkit.scoring import Scorer
+    from rmkit.splits import split_by_prompt
     from rmkit.training import train
 
     names = args.train_sources.split(",") if args.train_sources else [s for s in SOURCES if s != args.heldout]
