@@ -8,6 +8,7 @@ import re
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -152,3 +153,30 @@ def test_a_forward_that_raises_fails_only_its_own_request_and_the_server_keeps_s
         assert httpx.get(f"{live.url}/health").json()["queue_depth"] == 0
         assert httpx.post(f"{live.url}/score", json=body(poison), timeout=60).status_code == 500
         assert httpx.post(f"{live.url}/score", json=body("2+2?"), timeout=60).status_code == 200
+
+
+class ThreadRecordingEnsemble(Ensemble):
+    """A real Ensemble that records the name of the thread each request is tokenised on."""
+
+    def __init__(self, scorers, shaping=None):
+        super().__init__(scorers, shaping)
+        self.threads: set[str] = set()
+
+    def encode_pairs(self, prompts, responses):
+        self.threads.add(threading.current_thread().name)
+        return super().encode_pairs(prompts, responses)
+
+
+def test_concurrent_requests_are_tokenised_on_the_one_encode_thread(llama_scorer):
+    """The tokenizer's per-thread cache grew memory with every worker thread it ran on (the soak): all requests,
+    however many arrive at once, are tokenised on the service's single encode thread."""
+    app = app_for(llama_scorer, ThreadRecordingEnsemble)
+    with live_server(app) as live:
+        def post(i: int) -> int:
+            return httpx.post(f"{live.url}/score", json=body(f"What is {i} + {i}?"), timeout=60).status_code
+
+        with ThreadPoolExecutor(16) as pool:
+            statuses = list(pool.map(post, range(64)))
+        backend = app.state.service.backend
+    assert statuses == [200] * 64
+    assert len(backend.threads) == 1 and next(iter(backend.threads)).startswith("rmkit-encode")

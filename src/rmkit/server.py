@@ -56,13 +56,15 @@ def create_app(load_backend: Callable[[], RewardBackend], cfg: ServeConfig) -> F
         metrics.queue_depth = lambda: batcher.depth
         if cfg.stats_path is not None:
             backend.running = load_moments(cfg.stats_path, backend.running)
-        app.state.service = RewardService(backend, batcher, cfg.request_timeout_s, stats_path=cfg.stats_path,
-                                          stats_save_interval_s=cfg.stats_save_interval_s)
+        app.state.service = service = RewardService(backend, batcher, cfg.request_timeout_s,
+                                                    stats_path=cfg.stats_path,
+                                                    stats_save_interval_s=cfg.stats_save_interval_s)
         batcher.start()
         log.info("serving %s on %s:%s%s", backend.name, cfg.host, cfg.port,
                  f"; playground at http://{cfg.host}:{cfg.port}/" if cfg.playground else "")
         yield
         await batcher.stop()  # uvicorn has already let in-flight requests finish
+        service.close()
         if cfg.stats_path is not None:
             save_moments(backend.running, cfg.stats_path)
 

@@ -16,6 +16,7 @@ import asyncio
 import math
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import numpy as np
@@ -59,7 +60,13 @@ class ClientGone(Exception):
 
 
 class RewardService:
-    """The encode → batch → shape path of every reward route, within request_timeout_s."""
+    """The encode → batch → shape path of every reward route, within request_timeout_s.
+
+    Requests are tokenised on one thread of the service's own, not on the event loop's pool of worker threads: the
+    Rust tokenizer keeps a cache per thread (and glibc an arena), so tokenising on whichever of up to 40 pool threads
+    is free made memory grow with every new thread (the soak in benchmarks/RESULTS.md). One thread keeps one bounded
+    cache; tokenising a request takes well under a millisecond next to its forward.
+    """
 
     def __init__(self, backend: RewardBackend, batcher: MicroBatcher, request_timeout_s: float,
                  stats_path: str | None = None, stats_save_interval_s: float = 0.0):
@@ -67,13 +74,18 @@ class RewardService:
         self.stats_path = stats_path  # running statistics saved here (ServeConfig.stats_path) ...
         self.stats_save_interval_s = stats_save_interval_s  # ... at most this often; the server saves at shutdown
         self._stats_saved_at = -math.inf
+        self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rmkit-encode")
+
+    def close(self) -> None:
+        """Stop the tokenising thread (after the batcher has drained: no request is left to encode)."""
+        self._encoder.shutdown(wait=True)
 
     async def run(self, request: Request, encode: Callable[[], list[Encoded]]) -> tuple[list[Encoded], ShapedRewards]:
         """Encode off the loop, score through the batcher within the deadline, shape; (encoded, ShapedRewards)."""
         started = time.perf_counter()
         self.batcher.incoming += 1  # the batcher may hold a batch open for this request while it is tokenised
         try:
-            encoded = await run_in_threadpool(_encode, encode)
+            encoded = await asyncio.get_running_loop().run_in_executor(self._encoder, _encode, encode)
         finally:
             self.batcher.incoming -= 1
         request.state.items = len(encoded)
