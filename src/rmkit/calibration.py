@@ -43,13 +43,16 @@ def _summary(report: dict[str, Any]) -> dict[str, float]:
     return {k: report[k] for k in ("temperature", "ece", "brier", "log_loss")}
 
 
-def calibrate(model_dir: str | Path, pairs: Sequence[Any] | str | Path, scorer: Any = None) -> dict[str, Any]:
+def calibrate(model_dir: str | Path, pairs: Sequence[Any] | str | Path, scorer: Any = None,
+              scores: tuple[Sequence[float], Sequence[float]] | None = None) -> dict[str, Any]:
     """Fit T on preference pairs by maximum likelihood (`metrics.fit_temperature`) and write it to rmkit.json.
 
     Args:
         model_dir: the rmkit model directory to calibrate.
         pairs: validation PreferencePairs, or a file `read_pairs` reads.
         scorer: a Scorer already loaded from `model_dir` (saves a load); its card is updated to the new T.
+        scores: (chosen, rejected) rewards of `pairs` from this model at T = 1, when the caller already has them
+            (saves scoring them again).
 
     Returns:
         {"temperature", "previous_temperature", "n_pairs", "before", "after"}, before/after holding the
@@ -60,7 +63,7 @@ def calibrate(model_dir: str | Path, pairs: Sequence[Any] | str | Path, scorer: 
     if not pairs:
         raise ValueError("no pairs to calibrate on; pass the validation split")
     scorer = scorer if scorer is not None else Scorer.load(model_dir)
-    chosen, rejected = scorer.score_pairs(pairs)
+    chosen, rejected = scores if scores is not None else scorer.score_pairs(pairs)
     delta = np.asarray(chosen) - np.asarray(rejected)
     temperature = metrics.fit_temperature(delta)
     if len(pairs) < MIN_PAIRS:
