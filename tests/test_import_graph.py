@@ -17,7 +17,7 @@ LAYERS = [
     {"loss", "metrics", "diagnostics", "shaping", "contract", "protocols", "gym", "rowshapes", "dialects", "rules"},
     # 1 I/O: files, configs, tokenizers, checkpoints, the model
     {"rows", "config", "serveconfig", "data", "splits", "targets", "encoding", "backbones", "card", "heads", "model",
-     "build", "checkpoint", "moments", "objectives", "sharding"},
+     "build", "checkpoint", "moments", "objectives", "sharding", "steps"},
     # 2 engine: scoring and what builds on it, the HTTP plumbing
     {"scoring", "ensemble", "calibration", "evaluation", "report", "selection", "batcher", "gateway", "client",
      "service", "modelcard", "composition"},

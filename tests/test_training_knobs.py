@@ -176,9 +176,10 @@ def test_early_stopping_saves_the_best_validation_step_not_the_last(pairs_file, 
     validate = training.validate
 
     def scripted_validate(model, tokenizer, card, pairs):
-        stats = validate(model, tokenizer, card, pairs)
+        val = validate(model, tokenizer, card, pairs)
         snapshots[len(snapshots) + 1] = {n: p.detach().clone() for n, p in model.hf.named_parameters()}
-        return {**stats, "accuracy": next(scripted)}
+        val.stats["accuracy"] = next(scripted)
+        return val
 
     monkeypatch.setattr(training, "validate", scripted_validate)
     out = run(pairs_file, tmp_path / "run", "data.val_fraction=0.3", "train.max_steps=8", "train.eval_every=1",
@@ -326,3 +327,28 @@ def test_accelerate_launch_of_the_cli_trains_on_two_processes_like_one(pairs_fil
     assert "3 steps of 8 pairs" in proc.stderr  # two processes of 4 pairs each
     assert len(rows(tmp_path / "two")) == 3  # one log line per step: only the main process writes
     assert proc.stdout.count("model: ") == 1  # and only the main process prints the result
+
+
+def test_the_report_reuses_the_saved_models_validation_and_equals_a_fresh_scoring(pairs_file, tmp_path, monkeypatch):
+    """The final report takes the validation rewards of the loop's last validation (the saved model's) instead of
+    scoring the split again: only the test split is scored, and the numbers equal a fresh scoring of model/."""
+    from rmkit.evaluation import summarize
+    from rmkit.scoring import Scorer
+    from rmkit.splits import load_splits
+
+    calls: list[int] = []
+    score_pairs = Scorer.score_pairs
+    monkeypatch.setattr(Scorer, "score_pairs", lambda self, pairs: calls.append(len(pairs)) or score_pairs(self, pairs))
+    out = run(pairs_file, tmp_path / "run", "data.val_fraction=0.5", "data.test_fraction=0.2", "train.max_steps=4",
+              "train.eval_every=2", "optim.lr=1e-2")
+    report = json.loads((out / "eval.json").read_text())
+    assert calls == [report["test"]["n_pairs"]]  # validation was not scored a second time
+    monkeypatch.undo()
+    cfg = load_config(out / "config.yaml")
+    val = load_splits(cfg.data, cfg.train.seed)["val"]
+    scorer = Scorer.load(out / "model")
+    fresh = summarize(*scorer.score_pairs(val), val, scorer.card.temperature)
+    assert report["val"]["n_pairs"] == len(val) > 0
+    assert report["val"]["accuracy"] == fresh["accuracy"]
+    assert report["val"]["margin"]["mean"] == pytest.approx(fresh["margin"]["mean"], abs=1e-5)
+    assert report["calibration"]["n_pairs"] == len(val)

@@ -1,7 +1,7 @@
 """train(cfg) -> Path: the Bradley–Terry training recipe, top to bottom, writing the run directory.
 
 seed → model → data → plan → optimiser → resume → loop (train_step, validate, save_checkpoint) → save → report.
-Run state lives in small dataclasses (TrainState, StepPlan, Window, Trainer). Scales to several processes or GPUs
+Run state lives in small dataclasses (TrainState, Validation, Trainer; StepPlan and Window in rmkit.steps). Scales to several processes or GPUs
 through `accelerate launch`; knows nothing of HTTP or the CLI.
 """
 
@@ -37,6 +37,7 @@ from rmkit.modelcard import run_summary, write_model_card
 from rmkit.rows import MetricsLog, write_json
 from rmkit.scoring import Scorer
 from rmkit.splits import load_splits as load_splits  # re-exported: callers import it from here
+from rmkit.steps import StepPlan, Window
 from rmkit.targets import load_rated_splits, objective_index, rated_pairs
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,18 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Ada
     )
 
 
-def validate(model: RewardModel, tokenizer: Any, card: ModelCard, pairs: list[EncodedPair]) -> dict[str, float]:
+@dataclass
+class Validation:
+    """One validation: the logged statistics and the pairs' rewards (the final report reuses them when this step's
+    model is the one saved, instead of scoring the validation split a second time)."""
+
+    stats: dict[str, float]
+    chosen: np.ndarray
+    rejected: np.ndarray
+    step: int = 0
+
+
+def validate(model: RewardModel, tokenizer: Any, card: ModelCard, pairs: list[EncodedPair]) -> Validation:
     """Loss, accuracy and margin on encoded pairs, plus the reward mean/std stored for normalisation."""
     scorer = Scorer(model, tokenizer, card)
     scores = np.asarray(scorer.score_ids([p.chosen for p in pairs] + [p.rejected for p in pairs]))
@@ -70,9 +82,10 @@ def validate(model: RewardModel, tokenizer: Any, card: ModelCard, pairs: list[En
     margin = torch.tensor([p.margin or 0.0 for p in pairs], dtype=torch.float64)
     loss = bradley_terry_loss(torch.from_numpy(chosen), torch.from_numpy(rejected), margin)
     model.train()
-    return {"loss": loss.item(), "accuracy": metrics.pairwise_accuracy(chosen, rejected),
-            "margin": float((chosen - rejected).mean()), "reward_mean": float(scores.mean()),
-            "reward_std": float(max(scores.std(ddof=1), 1e-8)) if len(scores) > 1 else 1.0}
+    return Validation({"loss": loss.item(), "accuracy": metrics.pairwise_accuracy(chosen, rejected),
+                       "margin": float((chosen - rejected).mean()), "reward_mean": float(scores.mean()),
+                       "reward_std": float(max(scores.std(ddof=1), 1e-8)) if len(scores) > 1 else 1.0},
+                      chosen, rejected)
 
 
 @dataclass
@@ -90,58 +103,6 @@ class TrainState:
         """The checkpoint's `train` entry (on disk): every set field but the step; elapsed_s gains `session_s`."""
         out = {k: v for k, v in asdict(self).items() if k != "step" and v is not None}
         return {**out, "elapsed_s": self.elapsed_s + session_s}
-
-
-@dataclass
-class StepPlan:
-    """Which items each optimiser step sees: length-grouped global batches per epoch, one item kind each (pairs,
-    lists or ratings; objectives.plan_batches), fixed by the seed, so that step s always sees the same items and resume
-    is exact."""
-
-    items: list[objectives.Item]
-    global_batch: int
-    world: int
-    seed: int
-    grouping: bool
-    grad_accum: int
-    _epochs: dict[int, list[list[int]]] = field(default_factory=dict, repr=False)
-
-    def epoch(self, epoch: int) -> list[list[int]]:
-        if epoch not in self._epochs:
-            batches = objectives.plan_batches(self.items, self.global_batch, self.seed + epoch, self.grouping)
-            self._epochs[epoch] = [b for b in batches if len(b) >= self.world]
-        return self._epochs[epoch]
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return math.ceil(len(self.epoch(0)) / self.grad_accum)
-
-    def micro_batches(self, step: int) -> list[list[int]]:
-        """The grad_accum global batches (pair indices) of optimiser step `step`."""
-        epoch, k = divmod(step, self.steps_per_epoch)
-        return self.epoch(epoch)[k * self.grad_accum : (k + 1) * self.grad_accum]
-
-
-@dataclass
-class Window:
-    """Training sums since the last metrics.jsonl line."""
-
-    loss: float = 0.0
-    correct: int = 0
-    margin: float = 0.0
-    pairs: int = 0
-    compared: int = 0
-    seconds: float = 0.0
-
-    def add(self, loss: float, n: int, delta: torch.Tensor | None) -> None:
-        """One micro-batch of n items: its mean loss and the (n,) reward differences chosen − rejected (best minus
-        second of a list; None for ratings, which have no pairs to be right about)."""
-        self.loss += loss * n
-        self.pairs += n
-        if delta is not None:
-            self.correct += int((delta > 0).sum())
-            self.margin += float(delta.sum())
-            self.compared += len(delta)
 
 
 @dataclass
@@ -179,6 +140,7 @@ class Trainer:
     card: ModelCard
     out: Path
     started: float  # perf_counter when this session of the run began
+    saved_val: Validation | None = None  # the validation of the model in model/, when this session ran it
 
     @property
     def ckpt_root(self) -> Path:
@@ -234,7 +196,7 @@ def train(cfg: TrainConfig, sources: Sequence[Any] | None = None) -> Path:
     bar.close()
 
     if not tc.early_stopping_patience:
-        save_best(t, state.last_val or validate(t.raw_model, tokenizer, card, data.stats_set), data.heldout)
+        save_best(t, state.last_val or validate(t.raw_model, tokenizer, card, data.stats_set).stats, data.heldout)
     final_report(t, data, state, stopped_early, cfg)
     return out
 
@@ -345,7 +307,8 @@ def log_window(metrics_log: MetricsLog, bar: Any, w: Window, step: int, steps_pe
 def run_validation(t: Trainer, data: TrainData, state: TrainState, metrics_log: MetricsLog,
                    patience: int) -> bool:
     """Validate, log, keep the best model; True when early stopping says stop."""
-    stats = validate(t.raw_model, t.tokenizer, t.card, data.stats_set)
+    val = validate(t.raw_model, t.tokenizer, t.card, data.stats_set)
+    stats, val.step = val.stats, state.step
     metrics_log.write(step=state.step, split="val", heldout=data.heldout, **stats)
     if stats["accuracy"] > state.best_accuracy:
         state.best_accuracy, state.bad_evals, state.best_step = stats["accuracy"], 0, state.step
@@ -353,6 +316,8 @@ def run_validation(t: Trainer, data: TrainData, state: TrainState, metrics_log: 
             save_best(t, stats, data.heldout)
     else:
         state.bad_evals += 1
+    if not patience or state.best_step == state.step:  # model/ will hold this step's weights
+        t.saved_val = val
     state.last_val = {**stats, "step": state.step}  # with its step: checkpoints/index.json lists it
     return bool(patience and state.bad_evals >= patience)
 
@@ -386,9 +351,10 @@ def final_report(t: Trainer, data: TrainData, state: TrainState, stopped_early: 
                                   "validation_pairs": "held out" if data.heldout else "training (data.val_fraction=0)",
                                   "dropped_identical_after_truncation": data.dropped}
         scorer = Scorer.load(t.out / "model", device=str(t.accelerator.device))
+        reused = reusable_val(t.saved_val, data, state.best_step if cfg.train.early_stopping_patience else state.step)
         for name in ("val", "test"):  # validation rewards are computed once: they fit T, then they are reported
             if pairs := data.splits[name]:
-                chosen, rejected = scorer.score_pairs(pairs)
+                chosen, rejected = (reused.chosen, reused.rejected) if name == "val" and reused else scorer.score_pairs(pairs)
                 if name == "val":
                     report["calibration"] = calibrate(t.out / "model", pairs, scorer, scores=(chosen, rejected))
                 report[name] = summarize(np.asarray(chosen), np.asarray(rejected), pairs, scorer.card.temperature)
@@ -398,3 +364,10 @@ def final_report(t: Trainer, data: TrainData, state: TrainState, stopped_early: 
         write_json(report, t.out / "eval.json")
         write_model_card(t.out / "model", cfg, report)
     t.accelerator.wait_for_everyone()
+
+
+def reusable_val(val: Validation | None, data: TrainData, saved_step: int | None) -> Validation | None:
+    """The loop's validation of the saved model when it scored exactly the validation split, pair for pair (no pair
+    dropped in encoding, no training-pair fallback); else None and the report scores the split itself."""
+    aligned = data.heldout and [p.index for p in data.val] == list(range(len(data.splits["val"])))
+    return val if val is not None and val.step == saved_step and aligned else None
