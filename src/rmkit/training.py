@@ -1,8 +1,8 @@
 """train(cfg) -> Path: the Bradley–Terry training recipe, top to bottom, writing the run directory.
 
 seed → model → data → plan → optimiser → resume → loop (train_step, validate, save_checkpoint) → save → report.
-Run state lives in small dataclasses (TrainState, Validation, Trainer; StepPlan and Window in rmkit.steps). Scales to several processes or GPUs
-through `accelerate launch`; knows nothing of HTTP or the CLI.
+Run state lives in small dataclasses (TrainState, Validation, Trainer; StepPlan and Window in rmkit.steps). Scales
+to several processes or GPUs through `accelerate launch`; knows nothing of HTTP or the CLI.
 """
 
 from __future__ import annotations
