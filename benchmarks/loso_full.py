@@ -16,7 +16,7 @@ import json
 import time
 
 from common import REPO, RESULTS, machine_info
-from recipe_search import SOURCES, measure
+from recipe_search import heldout_pool, measure
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,19 +25,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from rmkit.config import load_config
-    from rmkit.data import read_pairs
     from rmkit.evaluation import summarize
     from rmkit.scoring import Scorer
-    from rmkit.splits import split_by_prompt
 
     searched = {r["name"]: r for r in map(json.loads, (RESULTS / "recipe_search.jsonl").read_text().splitlines())}
     for name in args.names:
         run, heldout = REPO / "runs" / "recipe_search" / name, searched[name]["heldout"]
-        cfg = load_config(run / "config.yaml")
-        train_part, val_part, _ = split_by_prompt(read_pairs(REPO / SOURCES[heldout]), cfg.data.val_fraction,
-                                                  cfg.data.test_fraction, cfg.data.split_salt)
+        held = heldout_pool(heldout, load_config(run / "config.yaml").data)
         started = time.perf_counter()
-        held = train_part + val_part
         row = {"name": name, "heldout": heldout, "sample_loso": searched[name]["loso"],
                "loso_full": measure(summarize(*Scorer.load(run / "model").score_pairs(held), held)),
                "score_s": round(time.perf_counter() - started, 1),

@@ -33,6 +33,16 @@ def measure(summary: dict) -> dict:
             "rho_reward_length": round(summary["length_score_spearman"], 3)}
 
 
+def heldout_pool(source: str, data_cfg) -> list:
+    """Every pair of a vendored source except its test split (split by prompt hash as training splits it)."""
+    from rmkit.data import read_pairs
+    from rmkit.splits import split_by_prompt
+
+    train_part, val_part, _ = split_by_prompt(read_pairs(REPO / SOURCES[source]), data_cfg.val_fraction,
+                                              data_cfg.test_fraction, data_cfg.split_salt)
+    return train_part + val_part
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name")
@@ -70,9 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         val = rng.sample(val, min(len(val), args.val_pairs))
         row["val"][name] = measure(summarize(*scorer.score_pairs(val), val))
     if args.heldout != "none":
-        train_part, val_part, _ = split_by_prompt(read_pairs(REPO / SOURCES[args.heldout]), cfg.data.val_fraction,
-                                                  cfg.data.test_fraction, cfg.data.split_salt)
-        pool = train_part + val_part
+        pool = heldout_pool(args.heldout, cfg.data)
         held = rng.sample(pool, min(len(pool), args.heldout_pairs))
         row["loso"] = measure(summarize(*scorer.score_pairs(held), held))
     row["total_s"] = round(time.perf_counter() - started, 1)

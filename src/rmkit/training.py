@@ -30,7 +30,7 @@ from rmkit.calibration import calibrate
 from rmkit.config import DataConfig, OptimConfig, TrainConfig, TrainingConfig, dump_config
 from rmkit.data import PreferencePair
 from rmkit.encoding import EncodedPair, Encoder, encode_pairs
-from rmkit.evaluation import format_summary, summarize
+from rmkit.evaluation import evaluate, format_summary, summarize
 from rmkit.loss import bradley_terry_loss
 from rmkit.model import ModelCard, RewardModel, mixed_precision, save_model
 from rmkit.modelcard import run_summary, write_model_card
@@ -351,13 +351,15 @@ def final_report(t: Trainer, data: TrainData, state: TrainState, stopped_early: 
                                   "validation_pairs": "held out" if data.heldout else "training (data.val_fraction=0)",
                                   "dropped_identical_after_truncation": data.dropped}
         scorer = Scorer.load(t.out / "model", device=str(t.accelerator.device))
-        reused = reusable_val(t.saved_val, data, state.best_step if cfg.train.early_stopping_patience else state.step)
-        for name in ("val", "test"):  # validation rewards are computed once: they fit T, then they are reported
-            if pairs := data.splits[name]:
-                chosen, rejected = (reused.chosen, reused.rejected) if name == "val" and reused else scorer.score_pairs(pairs)
-                if name == "val":
-                    report["calibration"] = calibrate(t.out / "model", pairs, scorer, scores=(chosen, rejected))
-                report[name] = summarize(np.asarray(chosen), np.asarray(rejected), pairs, scorer.card.temperature)
+        if val := data.splits["val"]:  # its rewards fit T, then are reported: scored once, or reused from the loop
+            reused = reusable_val(t.saved_val, data, state.best_step if cfg.train.early_stopping_patience else state.step)
+            chosen, rejected = (reused.chosen, reused.rejected) if reused else scorer.score_pairs(val)
+            report["calibration"] = calibrate(t.out / "model", val, scorer, scores=(chosen, rejected))
+            report["val"] = summarize(chosen, rejected, val, scorer.card.temperature)
+        if data.splits["test"]:
+            report["test"] = evaluate(scorer, data.splits["test"])
+        for name in ("val", "test"):
+            if name in report:
                 log.info(format_summary(name, report[name]))
         seconds = state.elapsed_s + time.perf_counter() - t.started  # earlier sessions of a resumed run included
         report["run"] = run_summary(cfg, data.splits, seconds, state.step, t.accelerator.num_processes)
