@@ -108,8 +108,8 @@ def training_section(cfg: TrainConfig, report: dict[str, Any]) -> str:
               f"{oc.head_lr or oc.lr:g}), batch {tc.batch_size} × {tc.grad_accum} accumulation, {length} "
               f"{getattr(tc, length)}, {run.get('steps', '?')} optimiser steps, length decorrelation "
               f"{tc.length_decorrelation:g}, seed {tc.seed}; sources balanced: {cfg.data.balance_sources}. "
-              f"Pairs dropped as identical after truncation: {dropped.get('train', 0)} train, {dropped.get('val', 0)} "
-              "val.")
+              f"Pairs dropped because both sides tokenise to the same ids: {dropped.get('train', 0)} train, "
+              f"{dropped.get('val', 0)} val.")
     wall = run.get("wall_time_s")
     return "\n".join([
         "## Training", "", "Data (split by a hash of the prompt, so no prompt is in two splits; train counts after "

@@ -240,8 +240,9 @@ def load_data(cfg: DataConfig, tc: TrainingConfig, tokenizer: Any, card: ModelCa
                                                     tc, len(card.objectives))
     val_set, val_dropped = encode_pairs(splits["val"], encoder, card.template)
     if dropped or val_dropped:
-        log.warning("dropped %d training and %d validation pairs whose two sides are identical after truncation to %d "
-                    "tokens; raise data.max_length to keep them", dropped, val_dropped, card.max_length)
+        log.warning("dropped %d training and %d validation pairs whose two sides have the same token ids at max_length "
+                    "%d (cut to the same text, or differing only where the tokenizer does not look, e.g. letter case "
+                    "for an uncased one)", dropped, val_dropped, card.max_length)
     if not train_set:
         raise TrainingError("no training pairs left after splitting and truncation" + (
             "; train.objective='regression' trains on data.ratings_paths" if tc.objective == "regression" else ""))
