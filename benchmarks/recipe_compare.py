@@ -8,7 +8,8 @@ runs pair by pair instead: every run's saved model (runs/recipe_search/NAME/mode
 of each vendored source (margins cached in that run's folder as val_margins.json), and each NAME's accuracy minus
 BASELINE's gets a paired bootstrap 95% interval (10,000 resamples of the pairs, seed 0), per source and for the mean
 over the three sources (each source resampled on its own). An interval that excludes 0 is a difference beyond noise.
-Test splits are not read. Writes results/recipe_compare.json and prints a markdown table.
+Test splits are not read. Writes results/recipe_compare.json (or results/OUT.json with --out OUT) and prints a
+markdown table.
 """
 
 from __future__ import annotations
@@ -97,10 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("baseline")
     p.add_argument("names", nargs="+")
+    p.add_argument("--out", default="recipe_compare", help="results/OUT.json (default: %(default)s)")
     args = p.parse_args(argv)
     base = val_margins(args.baseline)
     rows = {name: compare(base, val_margins(name)) for name in args.names}
-    write_result("recipe_compare", {"baseline": args.baseline, "resamples": RESAMPLES, "runs": rows})
+    write_result(args.out, {"baseline": args.baseline, "resamples": RESAMPLES, "runs": rows})
     print("\n".join(table(args.baseline, rows)))
     return 0
 
