@@ -74,13 +74,18 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
-def write_result(name: str, figures: dict[str, Any], results_dir: Path = RESULTS) -> Path:
-    """Write {"benchmark": name, "machine": machine_info(), **figures} to <results_dir>/<name>.json atomically."""
-    path = Path(results_dir) / f"{name}.json"
+def write_json(path: Path, value: Any, indent: int | None = 2) -> Path:
+    """Write value as JSON to path atomically (a temporary file beside it, then a rename)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
     with os.fdopen(fd, "w") as f:
-        json.dump({"benchmark": name, "machine": machine_info(), **figures}, f, indent=2)
+        json.dump(value, f, indent=indent)
         f.write("\n")
     os.replace(tmp, path)
     return path
+
+
+def write_result(name: str, figures: dict[str, Any], results_dir: Path = RESULTS) -> Path:
+    """Write {"benchmark": name, "machine": machine_info(), **figures} to <results_dir>/<name>.json atomically."""
+    return write_json(Path(results_dir) / f"{name}.json", {"benchmark": name, "machine": machine_info(), **figures})

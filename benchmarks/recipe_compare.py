@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 
 import numpy as np
-from common import REPO, write_result
-from recipe_search import SOURCES
+from common import REPO, write_json, write_result
+from recipe_search import SOURCES, source_splits
 
 RESAMPLES = 10_000
 
@@ -33,19 +31,14 @@ def val_margins(name: str) -> dict[str, list[float]]:
     if cache.exists():
         return json.loads(cache.read_text())
     from rmkit.config import load_config
-    from rmkit.data import read_pairs
     from rmkit.scoring import Scorer
-    from rmkit.splits import split_by_prompt
 
     data, scorer, margins = load_config(run / "config.yaml").data, Scorer.load(run / "model"), {}
-    for source, path in SOURCES.items():
-        _, val, _ = split_by_prompt(read_pairs(REPO / path), data.val_fraction, data.test_fraction, data.split_salt)
+    for source in SOURCES:
+        _, val, _ = source_splits(source, data)
         chosen, rejected = scorer.score_pairs(val)
         margins[source] = [float(x) for x in chosen - rejected]
-    fd, tmp = tempfile.mkstemp(dir=run, prefix=".val_margins-")
-    with os.fdopen(fd, "w") as f:
-        json.dump(margins, f)
-    os.replace(tmp, cache)
+    write_json(cache, margins, indent=None)
     return margins
 
 

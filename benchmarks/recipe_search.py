@@ -33,13 +33,18 @@ def measure(summary: dict) -> dict:
             "rho_reward_length": round(summary["length_score_spearman"], 3)}
 
 
-def heldout_pool(source: str, data_cfg) -> list:
-    """Every pair of a vendored source except its test split (split by prompt hash as training splits it)."""
+def source_splits(source: str, data_cfg) -> tuple[list, list, list]:
+    """Train, validation and test pairs of a vendored source, split by prompt hash as training splits it."""
     from rmkit.data import read_pairs
     from rmkit.splits import split_by_prompt
 
-    train_part, val_part, _ = split_by_prompt(read_pairs(REPO / SOURCES[source]), data_cfg.val_fraction,
-                                              data_cfg.test_fraction, data_cfg.split_salt)
+    return split_by_prompt(read_pairs(REPO / SOURCES[source]), data_cfg.val_fraction, data_cfg.test_fraction,
+                           data_cfg.split_salt)
+
+
+def heldout_pool(source: str, data_cfg) -> list:
+    """Every pair of a vendored source except its test split."""
+    train_part, val_part, _ = source_splits(source, data_cfg)
     return train_part + val_part
 
 
@@ -55,10 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_intermixed_args(argv)
 
     from rmkit.config import load_config
-    from rmkit.data import read_pairs
     from rmkit.evaluation import summarize
     from rmkit.scoring import Scorer
-    from rmkit.splits import split_by_prompt
     from rmkit.training import train
 
     names = args.train_sources.split(",") if args.train_sources else [s for s in SOURCES if s != args.heldout]
@@ -75,8 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     row = {"name": args.name, "overrides": args.overrides, "train_sources": names, "heldout": args.heldout,
            "train_s": round(train_s, 1), "load_before": round(load_before, 1), "val": {}}
     for name in names:
-        _, val, _ = split_by_prompt(read_pairs(REPO / SOURCES[name]), cfg.data.val_fraction, cfg.data.test_fraction,
-                                    cfg.data.split_salt)
+        _, val, _ = source_splits(name, cfg.data)
         val = rng.sample(val, min(len(val), args.val_pairs))
         row["val"][name] = measure(summarize(*scorer.score_pairs(val), val))
     if args.heldout != "none":
